@@ -1,0 +1,121 @@
+"""The ``hybridlib`` command: check, fetch, build-model, train, evaluate, run.
+
+User mistakes (bad parameters, missing data, a model folder without weights) end with one
+line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import load_params
+from .errors import HybridlibError
+
+
+def _cmd_check(args) -> None:
+    params = load_params(args.params)
+    print(f"{args.params}: ok ({len(params.strategies)} strategies x {len(params.seeds)} seeds, "
+          f"train on {', '.join(params.train_sources)}, evaluate on {', '.join(params.eval_datasets)})")
+
+
+def _cmd_fetch(args) -> None:
+    from .data import fetch_lareqa
+
+    for dataset in args.datasets:
+        paths = fetch_lareqa(dataset)
+        print(f"{dataset}: {len(paths)} files verified ({', '.join(paths)}) in {next(iter(paths.values())).parent}")
+    if not args.no_model:
+        from .models import build_default_model
+
+        print(f"default encoder: {build_default_model()}")
+
+
+def _cmd_build_model(args) -> None:
+    from .models import build_default_model
+
+    print(build_default_model(force=args.force))
+
+
+def _cmd_train(args) -> None:
+    from .train import train
+
+    params = load_params(args.params)
+    result = train(params, strategy=args.strategy, seed=args.seed, out_dir=args.out)
+    print(f"model saved to {result.model_dir}; training log {result.log_path}")
+
+
+def _cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_cli
+
+    evaluate_cli(model=args.model, dataset=args.dataset, out=args.out, pooling=args.pooling,
+                 query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
+                 max_length=args.max_length, max_ids=args.max_ids, strategy=args.strategy)
+
+
+def _cmd_run(args) -> None:
+    from .pipeline import run_study
+
+    run_study(args.params, force=args.force, runs_dir=args.runs_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``hybridlib`` command."""
+    parser = argparse.ArgumentParser(prog="hybridlib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a parameter file without running anything")
+    p.add_argument("params")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("fetch", help="download and verify XQuAD-R / MLQA-R and build the default encoder")
+    p.add_argument("datasets", nargs="*", default=["xquad-r", "mlqa-r"])
+    p.add_argument("--no-model", action="store_true", help="do not build the default encoder")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("build-model", help="build the default encoder (multilingual-e5-small) into the cache")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_cmd_build_model)
+
+    p = sub.add_parser("train", help="fine-tune with one batch strategy and seed")
+    p.add_argument("params")
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (train_log.csv, checkpoints/, model/)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate an encoder on XQuAD-R or MLQA-R")
+    p.add_argument("model", help="hub name, model folder, or 'default'")
+    p.add_argument("--dataset", default="xquad-r", choices=["xquad-r", "mlqa-r"])
+    p.add_argument("--out", help="write the tidy metrics table here (CSV)")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    p.add_argument("--query-prefix", default="query: ")
+    p.add_argument("--passage-prefix", default="passage: ")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-ids", type=int, default=None, help="evaluate on the first N question ids only")
+    p.add_argument("--strategy", default="zero-shot", help="label of the strategy column")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("run", help="run the whole study (notebooks 01-05) from a parameter file")
+    p.add_argument("params")
+    p.add_argument("--force", action="store_true", help="re-run steps whose outputs exist")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``hybridlib`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except HybridlibError as error:
+        print(f"hybridlib {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hybridlib {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Parameters of a study: one schema for every ``params/*.yaml`` file.
+
+A parameter file is validated before any work starts. Every problem is reported as one
+line that names the key (``ParamsError``), so a typo never costs a training run.
+
+>>> params = load_params("params/smoke.yaml")
+>>> params.batch_size
+8
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import HybridlibError
+
+DATASET_LANGUAGES = {
+    "xquad-r": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
+    "mlqa-r": ("ar", "de", "en", "es", "hi", "vi", "zh"),
+}
+# Languages of the paper's training data and mMARCO (the paper-scale configurations).
+PAPER_LANGUAGES = ("en", "ar", "zh", "de", "es", "ru", "th", "tr", "hi")
+KNOWN_LANGUAGES = tuple(sorted({l for ls in DATASET_LANGUAGES.values() for l in ls} | set(PAPER_LANGUAGES)))
+STRATEGIES = ("zero-shot", "x-x-mono", "x-y", "hybrid", "x-x", "en-en")
+TRAIN_SOURCES = ("xquad-r", "mlqa-r", "mmarco")
+EVAL_DATASETS = ("xquad-r", "mlqa-r", "miracl")
+
+
+class ParamsError(HybridlibError, ValueError):
+    """A parameter file is unusable; the message is one line naming the key."""
+
+
+class StudyParams(BaseModel):
+    """Every parameter of a study, with defaults that run the smoke study."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # -- identity and model
+    run_name: str = "smoke"
+    model: str = "default"  # "default" = embedded multilingual-e5-small, or a hub name / path
+    pooling: Literal["mean", "cls"] = "mean"
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    max_length: int = Field(128, ge=8, le=8192)
+    candidate_context: bool = False  # encode sentence + its paragraph (LAReQA's option)
+
+    # -- training data
+    train_dataset: Union[str, list[str]] = "mlqa-r"  # LAReQA name, "mmarco", or a .jsonl path
+    train_languages: Optional[list[str]] = None  # None = every language of the training data
+    train_max_ids: Optional[int] = Field(None, ge=2)  # cap on question ids (smoke runs)
+    validation_ids: int = Field(64, ge=0)  # ids held out for the validation loss
+
+    # -- evaluation
+    eval_datasets: list[str] = ["xquad-r"]
+    eval_languages: Optional[list[str]] = None
+    eval_max_ids: Optional[int] = Field(None, ge=1)  # cap on question ids (smoke runs)
+
+    # -- batches (the paper's contribution)
+    strategies: list[str] = ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    batch_size: int = Field(32, ge=2)
+    hard_negatives: int = Field(1, ge=0)
+
+    # -- optimisation
+    learning_rate: float = Field(3e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(0.05, gt=0)
+    max_steps: int = Field(100, ge=1)
+    eval_every: int = Field(25, ge=1)  # steps between validation losses / checkpoints
+    early_stopping_patience: Optional[int] = Field(None, ge=1)  # validations without progress
+    grad_cache_chunk: Optional[int] = Field(None, ge=1)  # GradCache chunk size; None = plain
+    symmetric_loss: bool = False  # add the passage-to-query InfoNCE term
+    parallel_query_weight: float = Field(0.0, ge=0)  # pull parallel queries together
+    seeds: list[int] = [0]
+    freeze_embeddings: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+
+    # -- outputs and statistics
+    keep_models: bool = False  # keep fine-tuned weights in the run folder (~470 MB each)
+    bootstrap_samples: int = Field(1000, ge=10)
+
+    @field_validator("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha",
+                     "parallel_query_weight", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, value):
+        # YAML writes 0 and 1 as ints; they are valid floats.
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("train_dataset")
+    @classmethod
+    def _known_train_source(cls, value):
+        for source in [value] if isinstance(value, str) else value:
+            if source not in TRAIN_SOURCES and not source.endswith(".jsonl"):
+                raise ValueError(f"unknown training dataset {source!r} (expected one of "
+                                 f"{', '.join(TRAIN_SOURCES)} or a path ending in .jsonl)")
+        return value
+
+    @field_validator("eval_datasets")
+    @classmethod
+    def _known_eval_dataset(cls, value):
+        for name in value:
+            if name not in EVAL_DATASETS:
+                raise ValueError(f"unknown evaluation dataset {name!r} (expected one of {', '.join(EVAL_DATASETS)})")
+        return value
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategy(cls, value):
+        for name in value:
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r} (expected one of {', '.join(STRATEGIES)})")
+        if not value:
+            raise ValueError("at least one strategy is needed")
+        return value
+
+    @field_validator("train_languages", "eval_languages")
+    @classmethod
+    def _known_language(cls, value):
+        for lang in value or []:
+            if lang not in KNOWN_LANGUAGES:
+                raise ValueError(f"unknown language {lang!r} (expected ISO codes among {', '.join(KNOWN_LANGUAGES)})")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seed(cls, value):
+        if not value:
+            raise ValueError("at least one seed is needed")
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, value):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"{value!r} must be a folder name (letters, digits, . _ -)")
+        return value
+
+    @model_validator(mode="after")
+    def _languages_exist_in_data(self):
+        sources = [self.train_dataset] if isinstance(self.train_dataset, str) else self.train_dataset
+        lareqa = [s for s in sources if s in DATASET_LANGUAGES]
+        if self.train_languages and lareqa and len(lareqa) == len(sources):
+            available = set().union(*(DATASET_LANGUAGES[s] for s in lareqa))
+            missing = [l for l in self.train_languages if l not in available]
+            if missing:
+                raise ValueError(f"train_languages: {', '.join(missing)} not in {', '.join(lareqa)} "
+                                 f"(it has {', '.join(sorted(available))})")
+        if self.train_languages is not None and len(self.train_languages) < 2 and \
+                any(s in ("x-y", "hybrid") for s in self.strategies):
+            raise ValueError("train_languages: x-y and hybrid batches need at least two languages")
+        return self
+
+    # -- derived values
+    @property
+    def train_sources(self) -> list[str]:
+        """The training datasets as a list (a single name becomes a one-element list)."""
+        return [self.train_dataset] if isinstance(self.train_dataset, str) else list(self.train_dataset)
+
+    @property
+    def trained_strategies(self) -> list[str]:
+        """The strategies that fine-tune a model (all but ``zero-shot``)."""
+        return [s for s in self.strategies if s != "zero-shot"]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``3e-5`` as a float (YAML 1.2), not as the string PyYAML makes of it."""
+
+
+# PyYAML (YAML 1.1) needs a dot in a float: without this, `learning_rate: 3e-5` is a string.
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _first_error_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across keys: its message starts with the key
+        return message
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(StudyParams.model_fields)
+        return f"{key}: unknown key (known keys: {allowed})"
+    if first["type"] in ("literal_error", "value_error") or "input" not in first:
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {first['input']!r})"
+
+
+def params_from_dict(values: dict) -> StudyParams:
+    """Validate a mapping of parameters; raise ``ParamsError`` naming the first bad key."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"parameters must be a mapping of key: value, got {type(values).__name__}")
+    try:
+        return StudyParams(**values)
+    except ValidationError as error:
+        raise ParamsError(_first_error_line(error)) from None
+
+
+def load_params(path: Union[str, Path]) -> StudyParams:
+    """Read and validate a YAML parameter file; raise ``ParamsError`` with one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such parameter file")
+    try:
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if values is None:
+        raise ParamsError(f"{path}: the file is empty")
+    if not isinstance(values, dict):
+        raise ParamsError(f"{path}: expected a mapping of key: value, got a {type(values).__name__}")
+    try:
+        return params_from_dict(values)
+    except ParamsError as error:
+        raise ParamsError(f"{path}: {error}") from None
+
+
+def dump_params(params: StudyParams, path: Union[str, Path]) -> None:
+    """Write the resolved parameters (every key, defaults included) as YAML."""
+    Path(path).write_text(yaml.safe_dump(params.model_dump(), sort_keys=False, allow_unicode=True), encoding="utf-8")

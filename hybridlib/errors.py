@@ -1,0 +1,5 @@
+"""The one base class of errors caused by the user's input (bad parameters, missing files)."""
+
+
+class HybridlibError(Exception):
+    """A user mistake or an unusable input: the CLI prints its message as one line, exit code 2."""
