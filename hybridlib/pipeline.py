@@ -17,6 +17,7 @@ import yaml
 
 from .config import StudyParams, dump_params, load_params
 from .errors import HybridlibError
+from .study import model_tag
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -42,11 +43,6 @@ class Step:
     def output_name(self) -> str:
         suffix = "-".join(str(v) for k, v in sorted(self.parameters.items()) if k in ("strategy", "seed"))
         return f"{self.notebook}{'-' + suffix if suffix else ''}.ipynb"
-
-
-def model_tag(strategy: str, seed: int) -> str:
-    """Name of a fine-tuned model in the run folder: ``<strategy>-seed<k>``."""
-    return f"{strategy}-seed{seed}"
 
 
 def study_steps(params: StudyParams) -> list[Step]:
