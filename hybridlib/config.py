@@ -34,6 +34,49 @@ class ParamsError(HybridlibError, ValueError):
     """A parameter file is unusable; the message is one line naming the key."""
 
 
+class Variant(BaseModel):
+    """A named training run beside the plain strategies: one strategy with some settings changed.
+
+    The alpha sweep and the objective ablation are lists of variants, e.g.
+    ``{name: hybrid-a0.25, strategy: hybrid, alpha: 0.25}`` or
+    ``{name: hybrid+symmetric, strategy: hybrid, symmetric_loss: true}``.
+    Its ``name`` is the ``strategy`` label of its rows in ``metrics.csv``.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str
+    strategy: str
+    alpha: Optional[float] = Field(None, ge=0.0, le=1.0)
+    symmetric_loss: Optional[bool] = None
+    parallel_query_weight: Optional[float] = Field(None, ge=0)
+    temperature: Optional[float] = Field(None, gt=0)
+    hard_negatives: Optional[int] = Field(None, ge=0)
+
+    @field_validator("alpha", "parallel_query_weight", "temperature", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, value):
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("strategy")
+    @classmethod
+    def _trainable_strategy(cls, value):
+        if value not in STRATEGIES or value == "zero-shot":
+            raise ValueError(f"unknown strategy {value!r} (expected one of {', '.join(STRATEGIES[1:])})")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+_=-]*", value) or "-seed" in value:
+            raise ValueError(f"{value!r} must be a file-name-safe label (letters, digits, . + _ = -)")
+        return value
+
+    def overrides(self) -> dict:
+        """The settings this variant changes, as a dict for ``StudyParams.model_copy(update=...)``."""
+        return {k: v for k, v in self.model_dump(exclude={"name", "strategy"}).items() if v is not None}
+
+
 class StudyParams(BaseModel):
     """Every parameter of a study, with defaults that run the smoke study."""
 
@@ -61,6 +104,7 @@ class StudyParams(BaseModel):
 
     # -- batches (the paper's contribution)
     strategies: list[str] = ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    variants: list[Variant] = []  # extra named runs: alpha sweep, objective ablation
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     batch_size: int = Field(32, ge=2)
     hard_negatives: int = Field(1, ge=0)
@@ -156,6 +200,15 @@ class StudyParams(BaseModel):
             raise ValueError("train_languages: x-y and hybrid batches need at least two languages")
         return self
 
+    @model_validator(mode="after")
+    def _unique_run_names(self):
+        names = self.trained_strategies + [v.name for v in self.variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variants: the name {repeated[0]!r} is used twice (variant names must "
+                             f"differ from each other and from the strategies)")
+        return self
+
     # -- derived values
     @property
     def train_sources(self) -> list[str]:
@@ -166,6 +219,22 @@ class StudyParams(BaseModel):
     def trained_strategies(self) -> list[str]:
         """The strategies that fine-tune a model (all but ``zero-shot``)."""
         return [s for s in self.strategies if s != "zero-shot"]
+
+    def training_runs(self) -> list[tuple[str, str, "StudyParams"]]:
+        """Every fine-tuning run as ``(label, strategy, params)``: the trained strategies, then the
+        variants with their settings applied (``label`` names the run in results)."""
+        runs = [(s, s, self) for s in self.trained_strategies]
+        for variant in self.variants:
+            runs.append((variant.name, variant.strategy, self.model_copy(update=variant.overrides())))
+        return runs
+
+    def for_run(self, label: str) -> tuple[str, "StudyParams"]:
+        """The strategy and the parameters of the training run named ``label``."""
+        for name, strategy, params in self.training_runs():
+            if name == label:
+                return strategy, params
+        known = ", ".join(name for name, _, _ in self.training_runs())
+        raise ParamsError(f"no training run named {label!r} (this study has: {known})")
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -187,7 +256,8 @@ def _first_error_line(error: ValidationError) -> str:
         return message
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(StudyParams.model_fields)
+        schema = Variant if first["loc"][0] == "variants" else StudyParams
+        allowed = ", ".join(schema.model_fields)
         return f"{key}: unknown key (known keys: {allowed})"
     if first["type"] in ("literal_error", "value_error") or "input" not in first:
         return f"{key}: {message}"

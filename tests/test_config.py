@@ -33,6 +33,10 @@ def write(tmp_path, text: str) -> Path:
     ("train_dataset: squad\n", "train_dataset", "unknown training dataset"),
     ("train_languages: [el, en]\n", "train_languages", "el not in mlqa-r"),
     ("seeds: []\n", "seeds", "at least one seed"),
+    ("variants: [{name: h, strategy: hybrid, alpha: 2}]\n", "variants.0.alpha", "less than or equal to 1"),
+    ("variants: [{name: h, strategy: zero-shot}]\n", "variants.0.strategy", "unknown strategy"),
+    ("variants: [{name: h, strategy: hybrid, lr: 1}]\n", "variants.0.lr", "unknown key (known keys: name, strategy"),
+    ("variants: [{name: x-y, strategy: hybrid}]\n", "variants", "'x-y' is used twice"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, key, problem):
     with pytest.raises(ParamsError) as error:
@@ -79,3 +83,14 @@ def test_cli_check_exit_code_in_a_real_process(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert "batch_size" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_variants_are_training_runs_with_their_settings(tmp_path):
+    params = load_params(write(tmp_path, "strategies: [zero-shot, hybrid]\nvariants:\n"
+                                         "  - {name: hybrid-a0.25, strategy: hybrid, alpha: 0.25}\n"
+                                         "  - {name: hybrid+sym, strategy: hybrid, symmetric_loss: true}\n"))
+    runs = {label: (strategy, p.alpha, p.symmetric_loss) for label, strategy, p in params.training_runs()}
+    assert runs == {"hybrid": ("hybrid", 0.5, False), "hybrid-a0.25": ("hybrid", 0.25, False),
+                    "hybrid+sym": ("hybrid", 0.5, True)}
+    with pytest.raises(ParamsError, match="no training run named 'x-y'"):
+        params.for_run("x-y")
