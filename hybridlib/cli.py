@@ -36,12 +36,36 @@ def _cmd_build_model(args) -> None:
     print(build_default_model(force=args.force))
 
 
+def _join_process_group() -> bool:
+    """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # device "auto" -> this GPU
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
 def _cmd_train(args) -> None:
+    import torch.distributed as dist
+
     from .train import train
 
     params = load_params(args.params)
-    result = train(params, strategy=args.strategy, seed=args.seed, out_dir=args.out)
-    print(f"model saved to {result.model_dir}; training log {result.log_path}")
+    strategy, run_params = params.for_run(args.strategy)
+    joined = _join_process_group()
+    try:
+        result = train(run_params, strategy=strategy, seed=args.seed, out_dir=args.out)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"model saved to {result.model_dir}; training log {result.log_path}")
+    finally:
+        if joined:
+            dist.destroy_process_group()
 
 
 def _cmd_evaluate(args) -> None:
@@ -78,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune with one batch strategy and seed")
     p.add_argument("params")
-    p.add_argument("--strategy", required=True)
+    p.add_argument("--strategy", required=True, help="a strategy, or the name of a variant of the parameter file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (train_log.csv, checkpoints/, model/)")
     p.set_defaults(func=_cmd_train)
