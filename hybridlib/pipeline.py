@@ -3,23 +3,32 @@
 The study is the five notebooks of ``notebooks/``; this module only runs them with papermill:
 ``01_prepare_data``, ``02_train`` once per (strategy, seed), ``03_evaluate``,
 ``04_language_bias``, ``05_report``. Executed copies go to ``runs/<run_name>/notebooks/``.
-A step whose outputs exist is skipped (``--force`` re-runs it); the first failing notebook
-stops the run, is kept with its error, and is named with the failing cell.
+
+- The parameter file is validated before any notebook starts (one line naming a bad key).
+- A step is skipped when its outputs exist and are newer than the outputs of the steps it
+  reads (make's rule), so a second run continues where the first stopped; ``--force`` re-runs
+  every step.
+- The first failing notebook stops the run; the error names it and the failing cell, and the
+  executed copy with the error is kept. Finished steps are kept.
+- ``publish``: ``05_report`` also copies the figures to the repository's ``figures/`` (and
+  always runs). Used for the default study: ``hybridlib run params/default.yaml --publish``.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 
-from .config import StudyParams, dump_params, load_params
+from .config import ParamsError, StudyParams, dump_params, load_params, params_from_dict
 from .errors import HybridlibError
-from .study import model_tag
+from .study import model_tag, training_labels
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+REPO_DIR = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO_DIR / "notebooks"
+PUBLISH_DIR = REPO_DIR / "figures"
 
 
 class StepFailed(HybridlibError):
@@ -28,37 +37,56 @@ class StepFailed(HybridlibError):
 
 @dataclass(frozen=True)
 class Step:
-    """One papermill execution: a notebook, its parameters, and the files that mean it is done."""
+    """One papermill execution: a notebook, its parameters, the files that mean it is done,
+    and the notebooks whose outputs it reads."""
 
     notebook: str
     label: str
     parameters: dict = field(default_factory=dict)
     outputs: tuple = ()
-
-    def done(self, run_dir: Path) -> bool:
-        """True when every output of the step exists in the run folder."""
-        return bool(self.outputs) and all((run_dir / out).exists() for out in self.outputs)
+    reads: tuple = ()
+    always: bool = False
 
     @property
     def output_name(self) -> str:
-        suffix = "-".join(str(v) for k, v in sorted(self.parameters.items()) if k in ("strategy", "seed"))
-        return f"{self.notebook}{'-' + suffix if suffix else ''}.ipynb"
+        """File name of the executed copy: ``02_train-hybrid-seed0.ipynb`` for a training step."""
+        if "strategy" in self.parameters:
+            return f"{self.notebook}-{model_tag(self.parameters['strategy'], self.parameters['seed'])}.ipynb"
+        return f"{self.notebook}.ipynb"
 
 
-def study_steps(params: StudyParams) -> list[Step]:
+def study_steps(params: StudyParams, publish_dir: Optional[Path] = None) -> list[Step]:
     """The notebook executions of a study, in order."""
     steps = [Step("01_prepare_data", "prepare data and model", outputs=("data/prepared.json",))]
-    for strategy in params.trained_strategies:
+    for label in training_labels(params):  # the trained strategies, then the variants
         for seed in params.seeds:
-            tag = model_tag(strategy, seed)
-            steps.append(Step("02_train", f"train {strategy}, seed {seed}", {"strategy": strategy, "seed": seed},
+            tag = model_tag(label, seed)
+            steps.append(Step("02_train", f"train {label}, seed {seed}", {"strategy": label, "seed": seed},
                               outputs=(f"train_log/{tag}.csv", f"metrics/parts/{tag}.csv")))
+    report_parameters = {"publish_dir": str(publish_dir)} if publish_dir else {}
     steps += [
-        Step("03_evaluate", "evaluate (zero-shot) and collect metrics", outputs=("metrics/metrics.csv",)),
-        Step("04_language_bias", "language bias (rank distance)", outputs=("metrics/rank_distance.csv",)),
-        Step("05_report", "report: tables, significance, figures", outputs=("report.md",)),
+        Step("03_evaluate", "evaluate (zero-shot) and collect metrics", outputs=("metrics/metrics.csv",),
+             reads=("02_train",)),
+        Step("04_language_bias", "language bias (rank distance)", outputs=("metrics/rank_distance.csv",),
+             reads=("03_evaluate",)),
+        Step("05_report", "report: tables, significance, figures" + (", publish figures" if publish_dir else ""),
+             report_parameters, outputs=("report.md", "metrics/significance.csv"),
+             reads=("03_evaluate", "04_language_bias"), always=publish_dir is not None),
     ]
     return steps
+
+
+def _mtimes(run_dir: Path, outputs: Sequence[str]) -> list[float]:
+    return [(run_dir / out).stat().st_mtime for out in outputs]
+
+
+def is_done(step: Step, steps: Sequence[Step], run_dir: Path) -> bool:
+    """True when every output of ``step`` exists and none is older than an output of a step it reads."""
+    if step.always or not all((run_dir / out).exists() for out in step.outputs):
+        return False
+    inputs = [out for other in steps if other.notebook in step.reads for out in other.outputs
+              if (run_dir / out).exists()]
+    return not inputs or min(_mtimes(run_dir, step.outputs)) >= max(_mtimes(run_dir, inputs))
 
 
 def prepare_run_dir(params: StudyParams, runs_dir: Path, force: bool) -> Path:
@@ -66,46 +94,75 @@ def prepare_run_dir(params: StudyParams, runs_dir: Path, force: bool) -> Path:
     run_dir = Path(runs_dir) / params.run_name
     resolved = run_dir / "params.yaml"
     if resolved.exists() and not force:
-        previous = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+        previous = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
+        try:  # defaults filled in, so a key added to the schema since is no change
+            previous = params_from_dict(previous).model_dump()
+        except ParamsError:
+            pass
         changed = sorted(k for k, v in params.model_dump().items() if previous.get(k) != v)
         if changed:
             raise HybridlibError(f"{run_dir} holds results of other parameters (changed: {', '.join(changed)}); "
                                  f"use another run_name or --force to start over")
-    for sub in ("notebooks", "metrics/parts", "train_log", "figures", "models", "data"):
+    for sub in ("notebooks", "metrics/parts", "train_log", "figures", "data"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     dump_params(params, resolved)
     return run_dir
 
 
-def _execute(step: Step, run_dir: Path, params_path: Path) -> None:
+def _first_line(source: str) -> str:
+    lines = [l.strip() for l in (source or "").splitlines() if l.strip() and not l.strip().startswith("#")]
+    text = lines[0] if lines else ""
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def execute_step(step: Step, run_dir: Path, params_path: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
+    """Run one notebook with papermill into ``run_dir/notebooks/``; ``StepFailed`` names the failing cell."""
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     output = run_dir / "notebooks" / step.output_name
     parameters = {"params_path": str(params_path), "run_dir": str(run_dir.resolve()), **step.parameters}
+    where = (f"the executed notebook with the error is {output}; finished steps are kept, "
+             f"run the same command again to continue")
     try:
-        papermill.execute_notebook(NOTEBOOKS_DIR / f"{step.notebook}.ipynb", output, parameters=parameters,
-                                   kernel_name="python3", cwd=str(NOTEBOOKS_DIR), progress_bar=True)
+        papermill.execute_notebook(notebooks_dir / f"{step.notebook}.ipynb", output, parameters=parameters,
+                                   kernel_name="python3", cwd=str(notebooks_dir), progress_bar=True)
     except papermill.PapermillExecutionError as error:
-        raise StepFailed(f"{step.notebook} ({step.label}) failed in cell {error.exec_count}: "
-                         f"{error.ename}: {error.evalue}; the executed notebook with the error is {output}; "
-                         f"finished steps are kept, run the same command again to continue") from None
+        raise StepFailed(f"{step.notebook} ({step.label}) failed in cell [{error.exec_count}] "
+                         f"`{_first_line(error.source)}`: {error.ename}: {error.evalue}; {where}") from None
+    except (DeadKernelError, CellTimeoutError) as error:
+        raise StepFailed(f"{step.notebook} ({step.label}): {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}; {where}") from None
+    return output
 
 
-def run_study(params_path, force: bool = False, runs_dir="runs", only: Optional[list] = None) -> Path:
-    """Validate the parameter file, then execute the study's notebooks into the run folder."""
-    params_path = Path(params_path)
+def run_study(params_path, force: bool = False, runs_dir="runs", only: Optional[Sequence[str]] = None,
+              publish: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
+    """Validate the parameter file, then execute the study's notebooks into ``<runs_dir>/<run_name>/``.
+
+    ``only``: notebook names to run (others are left alone); ``publish``: copy the figures to
+    the repository's ``figures/``; ``notebooks_dir``: where the notebooks are (tests).
+    Raises ``ParamsError`` before any work, ``StepFailed`` at the first failing notebook.
+    """
     params = load_params(params_path)
+    notebooks_dir = Path(notebooks_dir)
+    steps = study_steps(params, PUBLISH_DIR if publish else None)
+    missing = sorted({s.notebook for s in steps if not (notebooks_dir / f"{s.notebook}.ipynb").is_file()})
+    if missing:
+        raise HybridlibError(f"{notebooks_dir}: missing notebook(s) {', '.join(missing)}")
     run_dir = prepare_run_dir(params, Path(runs_dir), force)
-    steps = [s for s in study_steps(params) if not only or s.notebook in only]
+    selected = [s for s in steps if not only or s.notebook in only]
     started = time.perf_counter()
-    for number, step in enumerate(steps, 1):
-        head = f"[{number}/{len(steps)}] {step.notebook}: {step.label}"
-        if step.done(run_dir) and not force:
+    print(f"study {params.run_name}: {len(selected)} steps into {run_dir}", flush=True)
+    for number, step in enumerate(selected, 1):
+        head = f"[{number}/{len(selected)}] {step.notebook}: {step.label}"
+        if not force and is_done(step, steps, run_dir):
             print(f"{head}: done, skipped (--force re-runs it)", flush=True)
             continue
         print(f"{head} ...", flush=True)
         step_started = time.perf_counter()
-        _execute(step, run_dir, (run_dir / "params.yaml").resolve())
+        execute_step(step, run_dir, (run_dir / "params.yaml").resolve(), notebooks_dir)
         print(f"{head}: finished in {time.perf_counter() - step_started:.0f} s", flush=True)
-    print(f"study {params.run_name} finished in {(time.perf_counter() - started) / 60:.1f} min: {run_dir}")
+    print(f"study {params.run_name} finished in {(time.perf_counter() - started) / 60:.1f} min: {run_dir}",
+          flush=True)
     return run_dir

@@ -1,0 +1,160 @@
+"""Encoding throughput: ``DualEncoder.encode`` vs sentence-transformers, fp32 and bf16.
+
+Both encode the same XQuAD-R texts with the same model folder (the default encoder), the same
+prefixes, mean pooling, L2 normalisation and max length; runs alternate side by side in one
+process, so the ratio is fair even on a busy machine. bf16 means autocast for both.
+A second table compares bf16 with fp32 embeddings of ``DualEncoder``: cosine, and agreement
+of nearest neighbours among the candidates and of the answer ranks of the questions.
+
+Goals (issue 4): >= 1.2x sentence-transformers; <= 90 s for one model on all of XQuAD-R
+(13,090 questions + 13,014 candidates) with bf16 on CPUs that support it.
+
+    python benchmarks/bench_encode.py            # 2,000 random candidates (+ their questions)
+    python benchmarks/bench_encode.py 500 --repeats 3
+    python benchmarks/bench_encode.py --full     # all questions and candidates
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from hybridlib.data import load_lareqa
+from hybridlib.models import DualEncoder, build_default_model, cpu_has_fast_bf16
+
+
+def xquad_texts(n_candidates: int, full: bool, seed: int = 0):
+    """(questions, candidates, answer row of each question in candidates or -1) of XQuAD-R."""
+    data = load_lareqa("xquad-r")
+    if full:
+        rows = np.arange(len(data.candidates))
+    else:
+        rows = np.sort(np.random.default_rng(seed).choice(len(data.candidates), n_candidates, replace=False))
+    position = np.full(len(data.candidates), -1)
+    position[rows] = np.arange(len(rows))
+    questions = data.questions if full else data.questions[position[data.questions["candidate"]] >= 0]
+    return (questions["text"].tolist(), data.candidates["text"].to_numpy()[rows].tolist(),
+            position[questions["candidate"].to_numpy()])
+
+
+def sentence_transformer(folder, max_length: int):
+    """The same model as a SentenceTransformer: Transformer + mean Pooling + Normalize."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    transformer = Transformer(str(folder), max_seq_length=max_length)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    return SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+
+
+def autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+
+
+def run_ours(encoder, texts: dict, precision: str, batch_size: int, max_batch_tokens="auto") -> dict:
+    encoder.precision = precision
+    return {kind: encoder.encode(items, kind, batch_size=batch_size, progress=False,
+                                 max_batch_tokens=max_batch_tokens) for kind, items in texts.items()}
+
+
+def run_st(model, texts: dict, prefixes: dict, precision: str, batch_size: int) -> dict:
+    with torch.inference_mode(), autocast(precision):
+        return {kind: np.asarray(model.encode([prefixes[kind] + t for t in items], batch_size=batch_size,
+                                              convert_to_numpy=True), dtype=np.float32)
+                for kind, items in texts.items()}
+
+
+def timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def nearest(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each row's k nearest other rows, nearest first."""
+    scores = embeddings @ embeddings.T
+    np.fill_diagonal(scores, -np.inf)
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
+
+
+def agreement(fp32: dict, bf16: dict, answers: np.ndarray, k: int = 10) -> dict:
+    """How far bf16 embeddings are from fp32 ones, in what retrieval sees."""
+    cosine = np.concatenate([(fp32[kind] * bf16[kind]).sum(1) for kind in fp32])
+    out = {"cosine min": cosine.min(), "cosine mean": cosine.mean()}
+    c32, c16 = fp32["passage"], bf16["passage"]
+    top32, top16 = nearest(c32, k), nearest(c16, k)
+    out["candidate NN@1 same"] = (top32[:, 0] == top16[:, 0]).mean()
+    out[f"candidate NN@{k} overlap"] = np.mean([len(set(a) & set(b)) / k for a, b in zip(top32, top16)])
+    ranks = []
+    for emb in (fp32, bf16):
+        scores = emb["query"] @ emb["passage"].T
+        own = scores[np.arange(len(scores)), answers][:, None]
+        ranks.append((scores >= own).sum(1))  # rank of the answer among all candidates
+    out["question answer rank same"] = (ranks[0] == ranks[1]).mean()
+    out["question answer |rank change| mean"] = np.abs(ranks[0] - ranks[1]).mean()
+    out["question top-1 correct fp32 / bf16"] = f"{(ranks[0] == 1).mean():.4f} / {(ranks[1] == 1).mean():.4f}"
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("candidates", nargs="?", type=int, default=2000, help="number of XQuAD-R candidates")
+    parser.add_argument("--full", action="store_true", help="all 13,090 questions and 13,014 candidates")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=128)
+    args = parser.parse_args()
+
+    questions, candidates, answers = xquad_texts(args.candidates, args.full)
+    texts = {"query": questions, "passage": candidates}
+    n = len(questions) + len(candidates)
+    folder = build_default_model()
+    ours = DualEncoder("default", device="cpu", max_length=args.max_length)
+    st = sentence_transformer(folder, args.max_length)
+    print(f"{len(questions)} questions + {len(candidates)} candidates = {n} texts; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, native bf16: {cpu_has_fast_bf16()}, "
+          f"batch size {args.batch_size}")
+    warm = {kind: items[:32] for kind, items in texts.items()}
+    run_ours(ours, warm, "fp32", args.batch_size), run_st(st, warm, ours.prefixes, "fp32", args.batch_size)
+
+    runners = {  # name -> function of the precision
+        "ours": lambda precision: run_ours(ours, texts, precision, args.batch_size),
+        "ours, fixed batches": lambda precision: run_ours(ours, texts, precision, args.batch_size, None),
+        "sentence-transformers": lambda precision: run_st(st, texts, ours.prefixes, precision, args.batch_size),
+    }
+    table, embeddings = [], {}
+    for precision in ("fp32", "bf16"):
+        seconds, results = {name: [] for name in runners}, {}
+        for repeat in range(args.repeats):
+            names = list(runners) if repeat % 2 == 0 else list(runners)[::-1]  # alternate the order
+            for name in names:
+                took, results[name] = timed(runners[name], precision)
+                seconds[name].append(took)
+        embeddings[precision] = results["ours"]
+        st_best = min(seconds["sentence-transformers"])
+        for name, values in seconds.items():
+            cosine = min((results[name][k] * results["ours"][k]).sum(1).min() for k in texts)
+            table.append((precision, name, min(values), n / min(values), st_best / min(values), cosine))
+
+    print(f"\nbest of {args.repeats} runs, alternating:")
+    print(f"{'precision':<10}{'encoder':<24}{'seconds':>9}{'texts/s':>9}{'vs ST':>8}{'min cos vs ours':>17}")
+    for precision, name, seconds_, rate, ratio, cosine in table:
+        print(f"{precision:<10}{name:<24}{seconds_:>9.1f}{rate:>9.0f}{ratio:>7.2f}x{cosine:>17.6f}")
+
+    full = 13090 + 13014
+    for precision, name, seconds_, rate, *_ in table:
+        if name == "ours":
+            print(f"ours, {precision}: all of XQuAD-R ({full} texts) {'took' if args.full else 'would take'} "
+                  f"{full / rate:.0f} s")
+
+    print("\nbf16 vs fp32 embeddings of DualEncoder:")
+    for key, value in agreement(embeddings["fp32"], embeddings["bf16"], answers).items():
+        print(f"  {key:<38}{value if isinstance(value, str) else f'{value:.6f}'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Benchmark of the training step (run by hand; prints tables, asserts nothing).
+
+1. Our step (``hybridlib.train.backward`` + AdamW) against sentence-transformers'
+   ``MultipleNegativesRankingLoss`` step (a ``SentenceTransformer`` built from the same model
+   folder: Transformer + mean Pooling + Normalize, scale 20 = 1 / 0.05), on the same batches
+   (hybrid, ``--batch-size`` pairs + one hard negative each), word embeddings frozen in both,
+   fp32. Speed: the two steps alternate in one process (the ratio is what counts on a shared
+   machine). Peak memory: each side in its own subprocess (``ru_maxrss``).
+2. Our step in bf16 autocast against fp32: speed alternating in one process, then
+   ``train()`` runs of ``--train-steps`` steps per seed and precision with the validation loss
+   before and after (quality: bf16 should match fp32 within seed-to-seed noise).
+
+    python benchmarks/bench_train.py                      # everything (~10 min on 2 cores)
+    python benchmarks/bench_train.py --parts st --steps 8 # only part 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hybridlib.config import params_from_dict
+from hybridlib.losses import batch_loss
+from hybridlib.models import DualEncoder, resolve_model
+from hybridlib.sampling import BatchSampler
+from hybridlib.sources import load_pairs
+from hybridlib.train import BatchTexts, backward, batch_texts, build_optimizer, train
+
+MAX_LENGTH = 128
+TEMPERATURE = 0.05
+
+
+def benchmark_batches(batch_size: int, count: int) -> list:
+    """``count`` hybrid batches of MLQA-R pairs that have exactly one hard negative."""
+    pairs = load_pairs("mlqa-r", hard_negatives=1)
+    pairs = pairs[pairs["negatives"].map(len) == 1].reset_index(drop=True)
+    sampler = BatchSampler(pairs, "hybrid", batch_size, seed=0)
+    return [batch_texts(pairs, sampler.next_batch()) for _ in range(count)]
+
+
+def optimizer_params():
+    return params_from_dict({"learning_rate": 3e-5, "max_steps": 1000})
+
+
+class OurStep:
+    """One training step of hybridlib: embed, InfoNCE, backward, AdamW."""
+
+    def __init__(self, path: str, precision: str = "fp32"):
+        self.encoder = DualEncoder(path, max_length=MAX_LENGTH, device="cpu", precision=precision)
+        self.encoder.model.train()
+        self.encoder.model.get_input_embeddings().weight.requires_grad_(False)
+        self.optimizer, _ = build_optimizer(self.encoder.model, optimizer_params())
+        self.loss_fn = partial(batch_loss, temperature=TEMPERATURE)
+
+    def __call__(self, texts: BatchTexts) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = backward(self.encoder, texts, self.loss_fn)
+        self.optimizer.step()
+        return loss.item()
+
+
+class SentenceTransformersStep:
+    """The same step with sentence-transformers: MultipleNegativesRankingLoss(scale=20)."""
+
+    def __init__(self, path: str):
+        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        transformer = models.Transformer(path, max_seq_length=MAX_LENGTH)
+        pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
+        self.model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+        self.model.train()
+        transformer.auto_model.get_input_embeddings().weight.requires_grad_(False)
+        self.loss = MultipleNegativesRankingLoss(self.model, scale=1 / TEMPERATURE)
+        self.optimizer, _ = build_optimizer(self.model, optimizer_params())
+
+    def __call__(self, texts: BatchTexts) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        columns = [["query: " + t for t in texts.queries], ["passage: " + t for t in texts.positives],
+                   ["passage: " + t for t in texts.negatives]]
+        features = [self.model.tokenize(column) for column in columns]
+        loss = self.loss(features, None)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+
+def alternate(steps: dict, batches: list) -> pd.DataFrame:
+    """Run the steps in turn on each batch; seconds per step (the first batch is a warm-up)."""
+    rows = []
+    for number, texts in enumerate(batches):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            loss = step(texts)
+            rows.append({"batch": number, "impl": name, "seconds": time.perf_counter() - start, "loss": loss})
+    return pd.DataFrame(rows).query("batch > 0")
+
+
+def _proc_status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(key)
+
+
+def memory_worker(impl: str, path: str, batch_size: int, steps: int) -> None:
+    """Subprocess: load one side, run ``steps`` steps; print RSS after loading and the peak RSS
+    during the steps (Linux: the high-water mark is reset after loading via /proc/self/clear_refs)."""
+    torch.manual_seed(0)
+    batches = benchmark_batches(batch_size, steps)
+    step = OurStep(path) if impl == "hybridlib" else SentenceTransformersStep(path)
+    loaded = _proc_status_mb("VmRSS")
+    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    for texts in batches:
+        step(texts)
+    print(json.dumps({"impl": impl, "rss_after_load_mb": round(loaded), "peak_rss_loading_mb": round(load_peak),
+                      "peak_rss_steps_mb": round(_proc_status_mb("VmHWM"))}))
+
+
+def part_sentence_transformers(path: str, batch_size: int, steps: int) -> None:
+    torch.manual_seed(0)
+    batches = benchmark_batches(batch_size, steps + 1)
+    ours, theirs = OurStep(path), SentenceTransformersStep(path)
+    # same weights and loss: the losses agree on the first batch in eval mode (no dropout)
+    ours.encoder.model.eval(), theirs.model.eval()
+    with torch.no_grad():
+        q = ours.encoder.embed(batches[0].queries, "query")
+        pn = ours.encoder.embed(batches[0].positives + batches[0].negatives, "passage")
+        ours_loss = batch_loss(q, pn[:batch_size], pn[batch_size:], temperature=TEMPERATURE).item()
+        columns = [["query: " + t for t in batches[0].queries], ["passage: " + t for t in batches[0].positives],
+                   ["passage: " + t for t in batches[0].negatives]]
+        st_loss = theirs.loss([theirs.model.tokenize(c) for c in columns], None).item()
+    print(f"\nsame batch, eval mode: hybridlib loss {ours_loss:.5f}, sentence-transformers loss {st_loss:.5f}")
+    ours.encoder.model.train(), theirs.model.train()
+    timings = alternate({"hybridlib": ours, "sentence-transformers": theirs}, batches)
+    del ours, theirs
+    memory = []
+    for impl in ("hybridlib", "sentence-transformers"):
+        out = subprocess.run([sys.executable, __file__, "--memory-worker", impl, "--batch-size", str(batch_size),
+                              "--steps", "3", "--threads", str(torch.get_num_threads())],
+                             capture_output=True, text=True, check=True)
+        memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    table = timings.groupby("impl")["seconds"].agg(["mean", "std", "count"]).join(
+        pd.DataFrame(memory).set_index("impl"))
+    table["steps/s"] = 1 / table["mean"]
+    ratio = table.loc["hybridlib", "steps/s"] / table.loc["sentence-transformers", "steps/s"]
+    print(f"\n## Training step, {batch_size} pairs + {batch_size} hard negatives, fp32, frozen word embeddings, "
+          f"{steps} alternating steps each (after 1 warm-up)")
+    print(table.round(3).to_string())
+    print(f"speed ratio hybridlib / sentence-transformers: {ratio:.2f}x")
+
+
+def part_precision(path: str, batch_size: int, steps: int, seeds: list, train_steps: int,
+                   train_batch_size: int) -> None:
+    torch.manual_seed(0)
+    batches = benchmark_batches(batch_size, steps + 1)
+    fp32, bf16 = OurStep(path, "fp32"), OurStep(path, "bf16")
+    timings = alternate({"fp32": fp32, "bf16": bf16}, batches)
+    del fp32, bf16
+    speed = timings.groupby("impl")["seconds"].agg(["mean", "std", "count"])
+    speed["steps/s"] = 1 / speed["mean"]
+    print(f"\n## Our step, bf16 autocast vs fp32 ({batch_size} pairs, {steps} alternating steps each)")
+    print(speed.round(3).to_string())
+    print(f"speed ratio bf16 / fp32: {speed.loc['bf16', 'steps/s'] / speed.loc['fp32', 'steps/s']:.2f}x")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for precision in ("fp32", "bf16"):
+                params = params_from_dict(dict(
+                    model=path, train_dataset="mlqa-r", validation_ids=32, batch_size=train_batch_size,
+                    max_length=MAX_LENGTH, max_steps=train_steps, eval_every=train_steps, warmup_ratio=0.1,
+                    device="cpu", precision=precision))
+                out = Path(tmp) / f"{precision}-{seed}"
+                train(params, "hybrid", seed, out, progress=False)
+                val = pd.read_csv(out / "val_log.csv").set_index("step")["val_loss"]
+                log = pd.read_csv(out / "train_log.csv")
+                rows.append({"precision": precision, "seed": seed, "val_loss_step_0": val.loc[0],
+                             f"val_loss_step_{train_steps}": val.loc[train_steps],
+                             "s/step": log["seconds"].iloc[1:].mean()})
+    runs = pd.DataFrame(rows)
+    print(f"\n## train(): hybrid, {train_steps} steps of {train_batch_size} pairs, MLQA-R (32 held-out ids), per seed")
+    print(runs.round(4).to_string(index=False))
+    after = f"val_loss_step_{train_steps}"
+    summary = runs.groupby("precision")[[after, "s/step"]].agg(["mean", "std"])
+    print(summary.round(4).to_string())
+    paired = runs.pivot(index="seed", columns="precision", values=after)
+    diff = paired["bf16"] - paired["fp32"]
+    print(f"bf16 - fp32 final validation loss, paired by seed: mean {diff.mean():+.4f} (per seed "
+          f"{', '.join(f'{d:+.4f}' for d in diff)}); seed-to-seed std of fp32: {paired['fp32'].std():.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per side (after one warm-up)")
+    parser.add_argument("--train-steps", type=int, default=12, help="steps of each train() run in part 2")
+    parser.add_argument("--train-batch-size", type=int, default=16, help="batch size of the train() runs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--parts", nargs="+", default=["st", "precision"], choices=["st", "precision"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--memory-worker", choices=["hybridlib", "sentence-transformers"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = resolve_model(args.model)
+    if args.memory_worker:
+        memory_worker(args.memory_worker, path, args.batch_size, args.steps)
+        return
+    print(f"model {args.model} ({path}); torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if "st" in args.parts:
+        part_sentence_transformers(path, args.batch_size, args.steps)
+    if "precision" in args.parts:
+        part_precision(path, args.batch_size, args.steps, args.seeds, args.train_steps, args.train_batch_size)
+
+
+if __name__ == "__main__":
+    main()

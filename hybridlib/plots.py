@@ -1,0 +1,267 @@
+"""The study's figures (matplotlib + seaborn); each function returns the Figure.
+
+- ``map_heatmaps``: mAP of every query language (rows) x candidate language (columns) setting,
+  one panel per strategy, mean over seeds (the paper's detailed X->Y tables as a picture);
+- ``setting_bars``: monolingual / cross-lingual / multilingual mAP per strategy with 95%
+  bootstrap intervals (from ``stats.bootstrap_ci``);
+- ``rank_distance_distribution``: the per-query language bias (max - min rank of a query's
+  parallel relevant candidates, multilingual pool) per query language and strategy;
+- ``training_curves``: training loss (smoothed) and validation loss against the step.
+
+Strategies always appear in ``STRATEGY_ORDER`` with the colours of ``STRATEGY_COLORS``; titles
+name the model as the metrics table does (the default model is a dequantized 4-bit copy of
+multilingual-e5-small, never "multilingual-e5-small" alone). ``save_figure`` writes PNG + PDF.
+
+>>> fig = map_heatmaps(metrics)          # metrics: the tidy table of metrics/metrics.csv
+>>> save_figure(fig, run_dir / "figures" / "map_heatmaps")
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .stats import STRATEGY_ORDER
+
+SETTING_ORDER = ("monolingual", "crosslingual", "multilingual")
+SETTING_LABELS = {"monolingual": "monolingual X→X", "crosslingual": "cross-lingual X→Y",
+                  "multilingual": "multilingual X→all"}
+_PALETTE = sns.color_palette("colorblind", 10)
+STRATEGY_COLORS = {"zero-shot": _PALETTE[7], "x-x-mono": _PALETTE[0], "x-y": _PALETTE[1],
+                   "hybrid": _PALETTE[2], "x-x": _PALETTE[4], "en-en": _PALETTE[5]}
+
+
+def ordered_strategies(strategies: Sequence[str]) -> list[str]:
+    """The distinct strategies in the study's order (unknown names last, alphabetically)."""
+    rank = {name: i for i, name in enumerate(STRATEGY_ORDER)}
+    return sorted(set(strategies), key=lambda s: (rank.get(s, len(rank)), s))
+
+
+def strategy_palette(strategies: Sequence[str]) -> dict:
+    """Colour of each strategy: fixed for the known ones; other names (variants, e.g. ``hybrid-a0.25``)
+    take the palette's remaining colours in the study's order."""
+    extra = iter([_PALETTE[i] for i in (3, 8, 9, 6)] + sns.color_palette("tab20", 20))
+    return {s: STRATEGY_COLORS[s] if s in STRATEGY_COLORS else next(extra) for s in ordered_strategies(strategies)}
+
+
+def model_label(frame: pd.DataFrame) -> str:
+    """The model name(s) of a metrics-like frame, for titles."""
+    if "model" not in frame.columns or frame.empty:
+        return "unknown model"
+    return ", ".join(sorted(frame["model"].astype(str).unique()))
+
+
+def save_figure(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
+    """Write ``fig`` as ``<path_stem>.png`` and ``.pdf`` (each through a temporary file); return the paths."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        target = stem.with_name(f"{stem.name}.{fmt}")
+        tmp = stem.with_name(f".{stem.name}.tmp.{fmt}")
+        # a fixed creation date keeps PDFs byte-identical between runs
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
+def _check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {', '.join(missing)}")
+
+
+def _one_dataset(frame: pd.DataFrame, eval_dataset: Optional[str]) -> tuple[pd.DataFrame, str]:
+    datasets = sorted(frame["eval_dataset"].unique())
+    if eval_dataset is None:
+        eval_dataset = datasets[0]
+    elif eval_dataset not in datasets:
+        raise ValueError(f"no rows for eval_dataset {eval_dataset!r} (have {', '.join(datasets)})")
+    return frame[frame["eval_dataset"] == eval_dataset], eval_dataset
+
+
+def language_matrix(metrics: pd.DataFrame, strategy: str, metric: str = "mAP") -> pd.DataFrame:
+    """Query language x pool language table of ``metric`` (mono + cross settings), mean over seeds."""
+    rows = metrics[(metrics["strategy"] == strategy) & (metrics["metric"] == metric)
+                   & metrics["setting"].isin(["monolingual", "crosslingual"])
+                   & (metrics["query_lang"] != "all") & (metrics["pool_lang"] != "all")]
+    return rows.pivot_table(index="query_lang", columns="pool_lang", values="value", aggfunc="mean")
+
+
+def map_heatmaps(metrics: pd.DataFrame, eval_dataset: Optional[str] = None, metric: str = "mAP",
+                 strategies: Optional[Sequence[str]] = None) -> Figure:
+    """One heatmap per strategy: ``metric`` for query language X (rows) against pool language Y (columns).
+
+    The diagonal is the monolingual setting, the rest the cross-lingual ones; values are means
+    over seeds; all panels share one colour scale. ``metrics``: the tidy metrics table.
+    """
+    _check_columns(metrics, ["strategy", "eval_dataset", "setting", "query_lang", "pool_lang", "metric", "value"],
+                   "metrics table")
+    data, eval_dataset = _one_dataset(metrics, eval_dataset)
+    strategies = ordered_strategies(strategies or data["strategy"].unique())
+    matrices = {s: language_matrix(data, s, metric) for s in strategies}
+    matrices = {s: m for s, m in matrices.items() if not m.empty}
+    palette = strategy_palette(strategies)
+    if not matrices:
+        raise ValueError(f"no per-language {metric} rows for {eval_dataset}")
+    values = np.concatenate([m.to_numpy().ravel() for m in matrices.values()])
+    vmin, vmax = np.nanmin(values), np.nanmax(values)
+    n_langs = max(len(m) for m in matrices.values())
+    size = 1.2 + 0.42 * n_langs
+    fig, axes = _panels(len(matrices), size, size * 0.9)
+    for ax, (strategy, matrix) in zip(axes, matrices.items()):
+        sns.heatmap(matrix, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", square=True, annot=n_langs <= 11,
+                    fmt=".2f", annot_kws={"fontsize": 7}, cbar=ax is axes[len(matrices) - 1],
+                    cbar_kws={"label": metric, "shrink": 0.8})
+        ax.set_title(strategy, color=palette[strategy], fontweight="bold")
+        ax.set_xlabel("candidate (pool) language Y")
+        ax.set_ylabel("query language X")
+    fig.suptitle(f"{metric} X→Y on {eval_dataset} (diagonal: monolingual), mean over seeds\n{model_label(data)}")
+    return fig
+
+
+def _panels(n: int, width: float, height: float, max_columns: int = 4):
+    columns = min(n, max_columns)
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
+                                           squeeze=False, layout="constrained")
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.ravel()[:n])
+
+
+def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, metric: str = "mAP") -> Figure:
+    """Bars of the macro-averaged ``metric`` per setting (groups) and strategy (colours), 95% intervals.
+
+    ``intervals``: ``stats.bootstrap_ci`` output (columns ``strategy, eval_dataset, setting,
+    metric, mean, ci_low, ci_high``; ``n_seeds`` is shown in the legend when present).
+    """
+    _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
+                   "interval table")
+    data, eval_dataset = _one_dataset(intervals[intervals["metric"] == metric], eval_dataset)
+    settings = [s for s in SETTING_ORDER if s in set(data["setting"])]
+    strategies = ordered_strategies(data["strategy"].unique())
+    palette = strategy_palette(strategies)
+    width = 0.8 / len(strategies)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(settings) * max(2, len(strategies)) / 2, 4.2),
+                                         layout="constrained")
+    for i, strategy in enumerate(strategies):
+        rows = data[data["strategy"] == strategy].set_index("setting").reindex(settings)
+        x = np.arange(len(settings)) + (i - (len(strategies) - 1) / 2) * width
+        errors = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
+        label = strategy
+        if "n_seeds" in rows and rows["n_seeds"].notna().any():
+            label += f" ({int(rows['n_seeds'].max())} seed{'s' if rows['n_seeds'].max() > 1 else ''})"
+        ax.bar(x, rows["mean"], width * 0.95, yerr=errors, capsize=3, label=label,
+               color=palette[strategy], error_kw={"elinewidth": 1})
+    ax.set_xticks(np.arange(len(settings)), [SETTING_LABELS[s] for s in settings])
+    ax.set_ylabel(f"{metric} (macro average)")
+    ax.set_xlabel("setting")
+    ax.legend(title="batches", fontsize=8, loc="upper right", bbox_to_anchor=(1.0, -0.15), ncols=len(strategies))
+    ax.set_title(f"{metric} on {eval_dataset} with 95% bootstrap intervals\n{model_label(data)}")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def rank_distance_distribution(per_query: pd.DataFrame, eval_dataset: Optional[str] = None) -> Figure:
+    """Box plots of the per-query rank distance (multilingual pool) per query language and strategy.
+
+    ``per_query``: the per-query table (rows with ``metric == "rank_distance"`` are used; seeds
+    are pooled). Lower is better: the parallel answers are ranked closer together. White
+    diamonds mark the means, which the paper's tables report.
+    """
+    _check_columns(per_query, ["strategy", "eval_dataset", "query_lang", "metric", "value"], "per-query table")
+    data, eval_dataset = _one_dataset(per_query[per_query["metric"] == "rank_distance"], eval_dataset)
+    if data.empty:
+        raise ValueError("no rank_distance rows in the per-query table")
+    strategies = ordered_strategies(data["strategy"].unique())
+    languages = sorted(data["query_lang"].unique())
+    fig, ax = plt.subplots(figsize=(1.5 + 0.35 * len(languages) * len(strategies), 4.2),
+                                         layout="constrained")
+    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated ``vert``
+        warnings.filterwarnings("ignore", message=".*vert: bool.*")
+        sns.boxplot(data=data, x="query_lang", y="value", hue="strategy", order=languages, hue_order=strategies,
+                    palette=strategy_palette(strategies), showfliers=False, showmeans=True, ax=ax,
+                    meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black",
+                               "markersize": 4})
+    ax.set_xlabel("query language")
+    ax.set_ylabel("rank distance (max − min rank of parallel answers)")
+    ax.legend(title="batches", fontsize=8)
+    ax.set_title(f"Language bias on {eval_dataset}, multilingual pool (lower is better; ◇ = mean)\n"
+                 f"{model_label(data)}")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def smooth(values: pd.Series, span: int) -> pd.Series:
+    """Exponential moving average with ``span`` steps (the usual TensorBoard-style smoothing)."""
+    return values.ewm(span=max(1, span), adjust=True).mean()
+
+
+def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = None,
+                    span: Optional[int] = None, title: str = "") -> Figure:
+    """Training loss (raw, faint; EMA-smoothed, bold) and validation loss against the step, per strategy.
+
+    ``train_log``: columns ``strategy, seed, step, loss`` (``study.read_train_logs``);
+    ``val_log``: columns ``strategy, seed, step, val_loss`` (``study.read_val_logs``), optional.
+    Each seed is one line. ``span`` defaults to a twentieth of the steps. An empty log (a
+    study without fine-tuning) gives a figure that says so.
+    """
+    if train_log.empty:
+        fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
+        ax.text(0.5, 0.5, "no fine-tuned model in this study", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    _check_columns(train_log, ["strategy", "seed", "step", "loss"], "training log")
+    has_val = val_log is not None and not val_log.empty
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 6, 4),
+                                           squeeze=False, layout="constrained")
+    ax = axes[0, 0]
+    span = span or max(1, int(train_log["step"].max()) // 20)
+    palette = strategy_palette(train_log["strategy"].unique())
+    for (strategy, seed), run in _runs(train_log):
+        colour = palette[strategy]
+        ax.plot(run["step"], run["loss"], color=colour, alpha=0.2, linewidth=0.8)
+        ax.plot(run["step"], smooth(run["loss"], span), color=colour, linewidth=1.8,
+                label=strategy if seed == _first_seed(train_log, strategy) else None)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("InfoNCE loss (batch)")
+    ax.set_title(f"training loss (EMA over {span} steps; faint: raw)" if span > 1 else "training loss")
+    ax.legend(title="batches", fontsize=8)
+    ax.grid(alpha=0.3)
+    if has_val:
+        _check_columns(val_log, ["strategy", "seed", "step", "val_loss"], "validation log")
+        ax = axes[0, 1]
+        for (strategy, seed), run in _runs(val_log):
+            ax.plot(run["step"], run["val_loss"], marker="o", markersize=3, color=palette.get(strategy, "grey"),
+                    label=strategy if seed == _first_seed(val_log, strategy) else None)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation loss")
+        ax.set_title("validation loss (held-out ids)")
+        ax.legend(title="batches", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _runs(log: pd.DataFrame):
+    order = {s: i for i, s in enumerate(ordered_strategies(log["strategy"].unique()))}
+    groups = sorted(log.groupby(["strategy", "seed"]), key=lambda item: (order[item[0][0]], item[0][1]))
+    return [(key, run.sort_values("step")) for key, run in groups]
+
+
+def _first_seed(log: pd.DataFrame, strategy: str):
+    return log.loc[log["strategy"] == strategy, "seed"].min()

@@ -1,0 +1,276 @@
+"""The study's report: our numbers next to the paper's, the strategies' ordering, ``report.md``.
+
+The paper's headline numbers (arXiv 2408.10536, the table reproduced in docs/paper.md) are
+data here (``PAPER_RESULTS``). The paper's encoders (XLM-R and LaBSE, fine-tuned on millions
+of machine-translated pairs in nine languages) differ from ours (by default a dequantized
+4-bit copy of multilingual-e5-small fine-tuned for minutes on one LAReQA dataset), so the
+absolute numbers are not comparable: only the ORDER of the strategies within a column is
+(``strategy_ordering``).
+
+>>> table = comparison_table(metrics)            # metrics: the tidy table of metrics/metrics.csv
+>>> print(markdown_table(table))
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .plots import ordered_strategies
+
+# (model, strategy) -> XQuAD-R mono / cross / multi mAP, MLQA-R mono / cross / multi mAP,
+# rank distance XQuAD-R / MLQA-R. Source: the paper's main results table (docs/paper.md).
+_PAPER_TABLE = {
+    ("XLM-R", "x-x-mono"): (.792, .674, .547, .648, .584, .473, 410.2, 287.5),
+    ("XLM-R", "x-y"): (.755, .700, .593, .626, .620, .508, 295.4, 226.7),
+    ("XLM-R", "hybrid"): (.798, .705, .593, .648, .623, .512, 286.6, 227.1),
+    ("LaBSE", "x-x-mono"): (.808, .752, .652, .681, .656, .550, 261.5, 225.3),
+    ("LaBSE", "x-y"): (.801, .762, .679, .671, .677, .576, 225.2, 198.3),
+    ("LaBSE", "hybrid"): (.817, .767, .682, .686, .681, .579, 221.1, 195.0),
+}
+# MIRACL dev, monolingual only: mean nDCG@10 and Recall@100 over languages.
+PAPER_MIRACL = pd.DataFrame(
+    [("XLM-R", "x-x-mono", .415, .768), ("XLM-R", "x-y", .399, .749), ("XLM-R", "hybrid", .405, .763),
+     ("LaBSE", "x-x-mono", .455, .812), ("LaBSE", "x-y", .418, .777), ("LaBSE", "hybrid", .441, .795)],
+    columns=["model", "strategy", "nDCG@10", "R@100"])
+# LAReQA's own baselines (mBERT, all-language pool, mAP), as quoted by the paper.
+PAPER_LAREQA_MBERT = pd.DataFrame(
+    [("en-en", .29, .36), ("x-x", .23, .26), ("x-x-mono", .52, .49), ("x-y", .66, .49)],
+    columns=["strategy", "xquad-r", "mlqa-r"])
+
+PAPER_NOTE = ("The paper's models (XLM-R and LaBSE, fine-tuned on millions of machine-translated pairs in "
+              "nine languages, batch 100, one A100) differ from ours ({model}, fine-tuned on {training}), so "
+              "absolute numbers are not comparable: only the ordering of the strategies within a column is.")
+
+# columns of the comparison table: (setting, metric) of the averaged rows -> column name
+COLUMNS = {("monolingual", "mAP"): "mono mAP", ("crosslingual", "mAP"): "cross mAP",
+           ("multilingual", "mAP"): "multi mAP", ("multilingual", "rank_distance"): "rank distance"}
+LOWER_IS_BETTER = {"rank distance"}
+PAPER_STRATEGIES = ("x-x-mono", "x-y", "hybrid")
+
+
+def paper_results() -> pd.DataFrame:
+    """The paper's headline table, tidy: ``source, strategy, eval_dataset`` + the ``COLUMNS`` values."""
+    rows = []
+    for (model, strategy), v in _PAPER_TABLE.items():
+        for dataset, (mono, cross, multi, distance) in (("xquad-r", (v[0], v[1], v[2], v[6])),
+                                                          ("mlqa-r", (v[3], v[4], v[5], v[7]))):
+            rows.append((f"paper {model}", strategy, dataset, mono, cross, multi, distance))
+    return pd.DataFrame(rows, columns=["source", "strategy", "eval_dataset", *COLUMNS.values()])
+
+
+def our_results(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Our averaged numbers in the paper's columns, mean over seeds, one row per (model, dataset, strategy).
+
+    ``metrics``: the tidy metrics table; only its averaged rows (``all`` languages) are used.
+    ``n_seeds`` says how many seeds each mean holds.
+    """
+    averaged = metrics[(metrics["query_lang"] == "all") & (metrics["pool_lang"] == "all")]
+    keys = [(s, m) for s, m in COLUMNS]
+    averaged = averaged[[(s, m) in keys for s, m in zip(averaged["setting"], averaged["metric"])]]
+    averaged = averaged.assign(column=[COLUMNS[(s, m)] for s, m in zip(averaged["setting"], averaged["metric"])])
+    table = averaged.pivot_table(index=["model", "eval_dataset", "strategy"], columns="column", values="value",
+                                 aggfunc="mean").reindex(columns=list(COLUMNS.values()))
+    seeds = averaged.groupby(["model", "eval_dataset", "strategy"])["seed"].nunique().rename("n_seeds")
+    table = table.join(seeds).reset_index()
+    table.columns.name = None
+    table.insert(0, "source", "ours: " + table.pop("model"))
+    return _in_strategy_order(table)
+
+
+def _in_strategy_order(table: pd.DataFrame) -> pd.DataFrame:
+    rank = {s: i for i, s in enumerate(ordered_strategies(table["strategy"].unique()))}
+    key = table["strategy"].map(rank)
+    return table.assign(_order=key).sort_values(["eval_dataset", "source", "_order"], kind="stable") \
+        .drop(columns="_order").reset_index(drop=True)
+
+
+def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The paper's rows (XLM-R, LaBSE) and ours, for each evaluation dataset of ``metrics`` the paper has.
+
+    Columns: ``eval_dataset, source, strategy, mono mAP, cross mAP, multi mAP, rank distance,
+    n_seeds`` (``n_seeds`` is empty for the paper, which reports one run).
+    """
+    ours = our_results(metrics)
+    paper = paper_results()
+    paper = paper[paper["eval_dataset"].isin(ours["eval_dataset"].unique())]
+    table = pd.concat([paper, ours], ignore_index=True)
+    table["_paper_first"] = ~table["source"].str.startswith("paper")
+    table = table.sort_values(["eval_dataset", "_paper_first"], kind="stable").drop(columns="_paper_first")
+    return table[["eval_dataset", "source", "strategy", *COLUMNS.values(), "n_seeds"]].reset_index(drop=True)
+
+
+def strategy_ordering(table: pd.DataFrame, strategies: Sequence[str] = PAPER_STRATEGIES) -> pd.DataFrame:
+    """For each source and column, the strategies from best to worst, e.g. ``hybrid > x-y > x-x-mono``.
+
+    ``table``: ``comparison_table`` output. Only ``strategies`` (the paper's three) are ordered;
+    ties print as ``=``; a source lacking one of them gets an empty cell. Lower is better for
+    the rank distance, higher for mAP.
+    """
+    rows = []
+    for (dataset, source), group in table.groupby(["eval_dataset", "source"], sort=False):
+        group = group[group["strategy"].isin(strategies)]
+        row = {"eval_dataset": dataset, "source": source}
+        for column in COLUMNS.values():
+            values = group.set_index("strategy")[column].dropna()
+            row[column] = _order_text(values, column in LOWER_IS_BETTER) if len(values) == len(strategies) else ""
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["eval_dataset", "source", *COLUMNS.values()])
+
+
+def _order_text(values: pd.Series, lower_is_better: bool) -> str:
+    ordered = values.sort_values(ascending=lower_is_better, kind="stable")
+    text = str(ordered.index[0])
+    for previous, (strategy, value) in zip(ordered.to_numpy(), list(ordered.items())[1:]):
+        text += f" {'=' if np.isclose(previous, value) else '>'} {strategy}"
+    return text
+
+
+def paper_note(params, model: str) -> str:
+    """Why only the ordering of the strategies compares with the paper, for this run."""
+    return PAPER_NOTE.format(model=model, training=training_description(params))
+
+
+def _best_in_column(column: pd.Series, groups: pd.Series) -> list[str]:
+    """CSS for each cell: bold where the value is the best of its group (lowest for the rank distance)."""
+    lower = column.name in LOWER_IS_BETTER or column.name == "rank_distance"
+    best = column.groupby(groups.to_numpy()).transform("min" if lower else "max")
+    return ["font-weight: bold" if np.isclose(v, b) else "" for v, b in zip(column, best)]
+
+
+def style_table(table: pd.DataFrame, group_by: Sequence[str] = ("eval_dataset",),
+                skip_strategies: Sequence[str] = ()):
+    """A pandas Styler for notebooks: 3 decimals (rank distance 1), the best value of each column in bold.
+
+    ``group_by``: columns (or index levels) within which "best" is taken, e.g. per dataset and
+    source; rows of ``skip_strategies`` never count as best.
+    """
+    frame = table.reset_index() if any(n in (table.index.names or []) for n in group_by) else table
+    numeric = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]
+    groups = frame[list(group_by)].astype(str).agg(" / ".join, axis=1)
+    eligible = ~frame["strategy"].isin(skip_strategies) if "strategy" in frame else pd.Series(True, frame.index)
+    styler = frame.style.hide(axis="index")
+    for column in numeric:
+        masked = frame[column].where(eligible)
+        styles = _best_in_column(masked, groups)
+        styler = styler.apply(lambda _, s=styles: s, subset=[column])
+        digits = 1 if column in LOWER_IS_BETTER or "distance" in column else 3
+        styler = styler.format(f"{{:.{digits}f}}", subset=[column], na_rep="")
+    return styler
+
+
+def _format(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3, column_digits: Optional[dict] = None) -> str:
+    """A GitHub-flavoured markdown table of ``frame`` (floats with ``digits`` decimals, NaN empty).
+
+    ``column_digits`` overrides ``digits`` per column (e.g. ``{"rank distance": 1}``).
+    """
+    column_digits = column_digits or {}
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    lines = [header, rule]
+    for row in frame.itertuples(index=False):
+        cells = [_format(v, column_digits.get(c, digits)) for c, v in zip(frame.columns, row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def interval_table(intervals: pd.DataFrame) -> pd.DataFrame:
+    """``stats.bootstrap_ci`` output as one row per (dataset, strategy), cells ``mean [low, high]``."""
+    intervals = intervals[[(s, m) in COLUMNS for s, m in zip(intervals["setting"], intervals["metric"])]]
+    digits = {True: 1, False: 3}
+    cells = [f"{r.mean:.{d}f} [{r.ci_low:.{d}f}, {r.ci_high:.{d}f}]"
+             for r, d in zip(intervals.itertuples(), (digits[m == "rank_distance"] for m in intervals["metric"]))]
+    frame = intervals.assign(cell=cells, column=[COLUMNS[(s, m)] for s, m in zip(intervals["setting"],
+                                                                                     intervals["metric"])])
+    table = frame.pivot_table(index=["eval_dataset", "strategy"], columns="column", values="cell",
+                              aggfunc="first").reindex(columns=[c for c in COLUMNS.values()
+                                                                if c in set(frame["column"])])
+    table = table.reset_index()
+    table.columns.name = None
+    return _in_strategy_order(table.assign(source="")).drop(columns="source")
+
+
+def significance_table(significance: pd.DataFrame) -> pd.DataFrame:
+    """The columns of ``stats.paired_tests`` output a reader needs, differences with their intervals."""
+    digits = np.where(significance["metric"] == "rank_distance", 1, 3)
+    return pd.DataFrame({
+        "eval_dataset": significance["eval_dataset"], "setting": significance["setting"],
+        "metric": significance["metric"],
+        "comparison": significance["strategy_a"] + " − " + significance["strategy_b"],
+        "difference [95% CI]": [f"{m:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]" for m, lo, hi, d in
+                                zip(significance["mean_diff"], significance["ci_low"], significance["ci_high"], digits)],
+        "p": [f"{p:.3g}" for p in significance["p_value"]],
+        "queries": significance["n_queries"],
+    })
+
+
+def training_description(params) -> str:
+    """One phrase saying how the run's models were trained (for the paper note)."""
+    languages = ", ".join(params.train_languages) if params.train_languages else "all languages"
+    ids = f", first {params.train_max_ids} ids" if params.train_max_ids else ""
+    return (f"{' + '.join(params.train_sources)} ({languages}{ids}) for {params.max_steps} steps of "
+            f"{params.batch_size} pairs, seeds {', '.join(map(str, params.seeds))}")
+
+
+def write_text_atomically(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` through a temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFrame, intervals: pd.DataFrame,
+                 significance: pd.DataFrame, verdicts: pd.DataFrame, figures: Sequence[Path],
+                 model: str) -> Path:
+    """Write ``<run_dir>/report.md``: the tables as markdown and links to the PNG figures."""
+    run_dir = Path(run_dir)
+    note = PAPER_NOTE.format(model=model, training=training_description(params))
+    pools = f"first {params.eval_max_ids} question ids" if params.eval_max_ids else "full pools"
+    languages = ", ".join(params.eval_languages) if params.eval_languages else "all languages"
+    parts = [
+        f"# Hybrid batch training, study `{params.run_name}`",
+        f"Reproduction of Elmahdy, Lin & Ahmad (arXiv 2408.10536). Model: {model}. Trained on "
+        f"{training_description(params)}; evaluated zero-shot on {', '.join(params.eval_datasets)} "
+        f"({languages}, {pools}). Parameters: `params.yaml`; executed notebooks: `notebooks/`.",
+        "## Our numbers next to the paper's (mAP; rank distance)", f"> {note}",
+        markdown_table(comparison, column_digits={"rank distance": 1, "n_seeds": 0}),
+        "## Ordering of the strategies (best first)", markdown_table(ordering),
+        "## Our numbers with 95% bootstrap intervals",
+        "Resampling question ids (and seeds, with several); see `hybridlib/stats.py`.",
+        markdown_table(intervals),
+        "## Paired tests (sign-flip randomisation over question ids)",
+        "All pairs of strategies; `metrics/significance.csv` has every column.",
+        markdown_table(significance_table(significance)) if not significance.empty else "(no pairs to test)",
+        "## The paper's claims", markdown_table(verdicts),
+        "## Figures",
+        *[f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures if Path(f).suffix == ".png"],
+    ]
+    return write_text_atomically("\n\n".join(parts) + "\n", run_dir / "report.md")
+
+
+def publish_figures(run_dir, publish_dir) -> list[Path]:
+    """Copy the run's figures (PNG and PDF) to ``publish_dir`` (the repository's ``figures/``); None: nothing."""
+    if not publish_dir:
+        return []
+    publish_dir = Path(publish_dir)
+    publish_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for figure in sorted(Path(run_dir, "figures").glob("*")):
+        if figure.suffix in (".png", ".pdf"):
+            shutil.copyfile(figure, publish_dir / figure.name)
+            copied.append(publish_dir / figure.name)
+    return copied

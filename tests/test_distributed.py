@@ -1,0 +1,123 @@
+"""Distributed training on 2 CPU processes (gloo) equals one process on the same global batch.
+
+Each rank draws the same global batch, keeps its shard (``BatchSampler(rank, world_size)``),
+embeds it with a tiny BERT and computes ``batch_loss``, which all-gathers the embeddings, so
+every rank holds the loss of the whole global batch. Back-propagation through the gather
+sums the (identical) upstream gradients of the ranks, so each rank's gradient is
+``world_size`` times its shard's share of the global gradient; averaging over ranks (train.py's
+``_average_gradients``, or DDP) gives exactly the one-process gradient. The test checks that
+loss and gradients match one process, for plain back-propagation, GradCache, the symmetric
+and parallel-query terms, and a DDP-wrapped model.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+from functools import partial
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hybridlib.losses import batch_loss
+from hybridlib.models import DualEncoder
+from hybridlib.sampling import BatchSampler
+from hybridlib.train import _average_gradients, backward, batch_texts
+
+WORLD_SIZE = 2
+BATCH_SIZE = 4  # global: 2 pairs per rank
+SEED = 3
+# name: (strategy, grad_cache_chunk, symmetric, parallel_query_weight, wrap the model in DDP)
+CASES = {
+    "x-y": ("x-y", None, False, 0.0, False),
+    "x-x-mono grad-cache symmetric": ("x-x-mono", 1, True, 0.0, False),
+    "hybrid parallel-queries": ("hybrid", None, False, 0.5, False),
+    "x-y ddp": ("x-y", None, False, 0.0, True),
+}
+
+
+def _pairs() -> pd.DataFrame:
+    """Six ids in up to three languages (q5 English only); texts differ in length (padding) and
+    about half the rows have a hard negative, so the ranks' shards gather tensors of unequal size."""
+    words = {"en": "where is the river", "de": "wo ist der Fluss heute", "es": "donde esta el rio"}
+    rows = [(f"q{k}", lang, f"{words[lang]} {k} " + "x " * k, f"answer {k} in {lang} " + "y " * (5 - k),
+             [f"wrong {k} {lang}"] if (k + j) % 2 == 0 else [])
+            for k in range(6) for j, lang in enumerate(words) if k < 5 or lang == "en"]
+    return pd.DataFrame(rows, columns=["id", "lang", "query", "positive", "negatives"])
+
+
+def _prepared(encoder: DualEncoder) -> DualEncoder:
+    """A copy with its own weights, without dropout (both runs must compute the same function)
+    and with frozen word embeddings (as ``freeze_embeddings``; keeps the saved gradients small)."""
+    encoder = copy.copy(encoder)
+    encoder.model = copy.deepcopy(encoder.model).eval()
+    encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    return encoder
+
+
+def _step(encoder, case: str, rank: int = 0, world_size: int = 1) -> dict:
+    """One training step's loss and gradients (before the optimizer) on this rank's shard."""
+    strategy, chunk, symmetric, weight, _ = CASES[case]
+    table = _pairs()
+    sampler = BatchSampler(table, strategy, BATCH_SIZE, SEED, rank=rank, world_size=world_size,
+                           parallel_queries=weight > 0)
+    batch = sampler.next_batch()
+    loss_fn = partial(batch_loss, temperature=0.05, symmetric=symmetric, parallel_query_weight=weight)
+    texts = batch_texts(table, batch)
+    encoder.model.zero_grad(set_to_none=True)
+    loss = backward(encoder, texts, loss_fn, grad_cache_chunk=chunk)
+    if world_size > 1 and not isinstance(encoder.model, torch.nn.parallel.DistributedDataParallel):
+        _average_gradients(encoder.model)
+    grads = {name: p.grad.clone() for name, p in encoder.model.named_parameters() if p.grad is not None}
+    return {"loss": loss.item(), "grads": grads, "query_rows": list(batch.query_rows),
+            "sizes": (len(texts.negatives), len(texts.parallel_queries))}
+
+
+def _worker(rank: int, loaded: DualEncoder, store: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        results = {}
+        for case, (*_, ddp) in CASES.items():
+            encoder = _prepared(loaded)
+            if ddp:
+                encoder.model = torch.nn.parallel.DistributedDataParallel(encoder.model)
+            results[case] = _step(encoder, case, rank, WORLD_SIZE)
+            if ddp:  # DDP names parameters "module.<name>"
+                results[case]["grads"] = {k.removeprefix("module."): v for k, v in results[case]["grads"].items()}
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def distributed_results(_tiny_encoder_template, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distributed")
+    # the loaded encoder is pickled to the workers: faster than loading its tokenizer twice more
+    mp.spawn(_worker, args=(_tiny_encoder_template, str(out / "store"), str(out)), nprocs=WORLD_SIZE, join=True)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+
+
+def test_the_ranks_gather_tensors_of_unequal_sizes(distributed_results):
+    """The fixture exercises the padded all-gather (shards with different numbers of negatives)."""
+    assert any(distributed_results[0][case]["sizes"] != distributed_results[1][case]["sizes"] for case in CASES)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_give_the_loss_and_gradients_of_one(case, distributed_results, tiny_encoder):
+    reference = _step(_prepared(tiny_encoder), case)
+    ranks = [result[case] for result in distributed_results]
+    # the ranks held different halves of the same global batch
+    assert ranks[0]["query_rows"] + ranks[1]["query_rows"] == reference["query_rows"]
+    assert ranks[0]["query_rows"] != ranks[1]["query_rows"]
+    # float32 sums over tokens in another order and padding: absolute tolerance on the gradients' scale
+    atol = 1e-4 * max(float(grad.abs().max()) for grad in reference["grads"].values())
+    for result in ranks:
+        assert result["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+        assert result["grads"].keys() == reference["grads"].keys() and len(reference["grads"]) > 10
+        for name, grad in reference["grads"].items():
+            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=atol,
+                                       msg=lambda m, n=name: f"{n}: {m}")

@@ -1,0 +1,251 @@
+"""``hybridlib run``: the whole smoke study end to end, and the pipeline's rules.
+
+- one end-to-end run of ``params/smoke.yaml`` (subprocess, minutes; marked slow) and the run
+  folder it leaves: executed notebooks, metrics for every strategy and setting, figures,
+  significance, report; a second run skips every step; changed parameters are refused;
+- the rules (skip, make-like staleness, stop at the first failing notebook, resume, --force,
+  --publish) on stub notebooks that only write their outputs (seconds each);
+- a bad parameter file fails before any notebook starts; a model folder that does not exist
+  stops the real study in 01_prepare_data, named with its cell.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from hybridlib.config import load_params
+from hybridlib.pipeline import StepFailed, Step, is_done, run_study, study_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+STRATEGIES = ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+SETTINGS = ["monolingual", "crosslingual", "multilingual"]
+
+
+def hybridlib(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """Run the ``hybridlib`` command as a user would (same interpreter, the test's environment)."""
+    env = dict(os.environ)
+    env.setdefault("HYBRIDLIB_MIRROR", str(ROOT.parent / "shared" / "data"))
+    return subprocess.run([sys.executable, "-m", "hybridlib.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=1800)
+
+
+def write_params(path: Path, **changes) -> Path:
+    values = yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
+    values.update(changes)
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------- the smoke study
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    result = hybridlib("run", SMOKE, "--runs-dir", runs)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return runs / "smoke", result
+
+
+@pytest.mark.slow
+def test_smoke_study_leaves_a_complete_run_folder(smoke_run):
+    run_dir, result = smoke_run
+    executed = sorted(p.name for p in (run_dir / "notebooks").glob("*.ipynb"))
+    assert executed == ["01_prepare_data.ipynb", "02_train-hybrid-seed0.ipynb", "02_train-x-x-mono-seed0.ipynb",
+                        "02_train-x-y-seed0.ipynb", "03_evaluate.ipynb", "04_language_bias.ipynb",
+                        "05_report.ipynb"]
+    for name in executed:
+        nb = nbformat.read(run_dir / "notebooks" / name, as_version=4)
+        assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"], name
+    for step in range(1, 8):
+        assert f"[{step}/7]" in result.stdout
+    assert load_params(run_dir / "params.yaml") == load_params(SMOKE)
+
+
+@pytest.mark.slow
+def test_smoke_metrics_cover_every_strategy_and_setting(smoke_run):
+    run_dir, _ = smoke_run
+    metrics = pd.read_csv(run_dir / "metrics" / "metrics.csv")
+    averaged = metrics[(metrics.query_lang == "all") & (metrics.pool_lang == "all") & (metrics.metric == "mAP")]
+    assert sorted(zip(averaged.strategy, averaged.setting)) == sorted(
+        (s, setting) for s in STRATEGIES for setting in SETTINGS)
+    assert averaged["value"].between(0, 1).all()
+    assert metrics["model"].str.contains("dequantized").all()  # the model is named honestly
+    pairs = metrics[(metrics.strategy == "hybrid") & (metrics.metric == "mAP") & (metrics.query_lang != "all")]
+    assert pairs.groupby("setting").size().to_dict() == {"crosslingual": 12, "monolingual": 4, "multilingual": 4}
+    distance = pd.read_csv(run_dir / "metrics" / "rank_distance.csv")
+    assert set(distance.strategy) == set(STRATEGIES)
+    assert set(distance.query_lang) == {"all", "de", "en", "es", "ru"}
+    assert distance.set_index("query_lang").loc["ru", "seen"].eq("no").all()
+
+
+@pytest.mark.slow
+def test_smoke_report_significance_and_figures(smoke_run):
+    run_dir, _ = smoke_run
+    significance = pd.read_csv(run_dir / "metrics" / "significance.csv")
+    assert len(significance) == 6 * 4  # pairs of 4 strategies x (3 mAP settings + rank distance)
+    assert significance["p_value"].between(0, 1).all()
+    claims = pd.read_csv(run_dir / "metrics" / "claims.csv")
+    assert len(claims) == 4 and claims["verdict"].isin(["holds", "does not hold", "undecided"]).all()
+    figures = {p.name for p in (run_dir / "figures").iterdir()}
+    for stem in ("map_heatmaps_xquad-r", "settings_xquad-r", "rank_distance_xquad-r", "training_curves"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= figures
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "| xquad-r | paper LaBSE | hybrid | 0.817 |" in report
+    links = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert len(links) == 4 and all((run_dir / link).is_file() for link in links)
+    # disk: models are dropped without keep_models, and no training folder is left
+    assert not any((run_dir / "models").glob("*")) if (run_dir / "models").exists() else True
+    assert not (run_dir / "training").exists() or not any((run_dir / "training").iterdir())
+
+
+@pytest.mark.slow
+def test_second_run_skips_every_step(smoke_run):
+    run_dir, _ = smoke_run
+    before = (run_dir / "metrics" / "metrics.csv").stat().st_mtime_ns
+    result = hybridlib("run", SMOKE, "--runs-dir", run_dir.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("done, skipped") == 7
+    assert (run_dir / "metrics" / "metrics.csv").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_changed_parameters_are_refused(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    result = hybridlib("run", write_params(tmp_path / "p.yaml", alpha=0.3), "--runs-dir", run_dir.parent)
+    assert result.returncode == 2
+    assert "holds results of other parameters (changed: alpha)" in result.stderr
+
+
+# ------------------------------------------------------------------------- failures before work
+def test_unknown_key_fails_before_any_notebook(tmp_path):
+    params = write_params(tmp_path / "typo.yaml", batch_sise=8)
+    result = hybridlib("run", params, "--runs-dir", tmp_path / "runs")
+    assert result.returncode == 2
+    assert "batch_sise: unknown key" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_missing_model_folder_stops_in_01_naming_the_cell(tmp_path):
+    params = write_params(tmp_path / "nomodel.yaml", model=str(tmp_path / "no-such-model"), strategies=["zero-shot"])
+    result = hybridlib("run", params, "--runs-dir", tmp_path / "runs")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("hybridlib run: error: 01_prepare_data (prepare data and model) failed in cell [")
+    assert "`study.describe_model(params)`" in error and "no-such-model" in error
+    kept = tmp_path / "runs" / "smoke" / "notebooks" / "01_prepare_data.ipynb"
+    assert any(o.output_type == "error" for c in nbformat.read(kept, as_version=4).cells for o in c.get("outputs", []))
+    assert "[2/4]" not in result.stdout  # nothing after the failing step ran
+
+
+# ---------------------------------------------------------------------- the rules, on stub notebooks
+STUB_OUTPUTS = {"01_prepare_data": ["data/prepared.json"], "03_evaluate": ["metrics/metrics.csv"],
+                "04_language_bias": ["metrics/rank_distance.csv"],
+                "05_report": ["report.md", "metrics/significance.csv"]}
+
+
+def write_stubs(folder: Path, failing: str = "") -> Path:
+    """Notebooks with the study's names that only write their outputs (``failing``: raises in its 2nd cell)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, outputs in STUB_OUTPUTS.items():
+        parameters = nbformat.v4.new_code_cell('params_path = ""\nrun_dir = ""\npublish_dir = None')
+        parameters.metadata["tags"] = ["parameters"]
+        write = nbformat.v4.new_code_cell(
+            "from pathlib import Path\n"
+            f"for out in {outputs!r}:\n"
+            "    (Path(run_dir) / out).parent.mkdir(parents=True, exist_ok=True)\n"
+            "    (Path(run_dir) / out).write_text('done')\n"
+            "if publish_dir:\n"
+            f"    Path(publish_dir, '{name}.png').write_text('figure')")
+        cells = [parameters, nbformat.v4.new_code_cell("x = 1")]
+        if name == failing:
+            cells.append(nbformat.v4.new_code_cell("raise ValueError('stub failure')"))
+        nb = nbformat.v4.new_notebook(cells=cells + [write])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    return folder
+
+
+@pytest.fixture
+def zero_shot_params(tmp_path):
+    return write_params(tmp_path / "zero.yaml", run_name="stub", strategies=["zero-shot"])
+
+
+def mtimes(run_dir: Path) -> dict:
+    return {out: (run_dir / out).stat().st_mtime_ns for outs in STUB_OUTPUTS.values() for out in outs
+            if (run_dir / out).exists()}
+
+
+def test_failure_stops_the_run_keeps_finished_steps_and_resumes(tmp_path, zero_shot_params, capsys):
+    runs = tmp_path / "runs"
+    with pytest.raises(StepFailed) as failure:
+        run_study(zero_shot_params, runs_dir=runs, notebooks_dir=write_stubs(tmp_path / "broken", "04_language_bias"))
+    message = str(failure.value)
+    assert message.startswith("04_language_bias (language bias (rank distance)) failed in cell [4] "
+                              "`raise ValueError('stub failure')`: ValueError: stub failure")
+    run_dir = runs / "stub"
+    assert set(mtimes(run_dir)) == {"data/prepared.json", "metrics/metrics.csv"}  # 01 and 03 kept, 05 not run
+    kept = nbformat.read(run_dir / "notebooks" / "04_language_bias.ipynb", as_version=4)
+    assert any(o.output_type == "error" for c in kept.cells for o in c.get("outputs", []))
+
+    capsys.readouterr()
+    finished = mtimes(run_dir)
+    run_study(zero_shot_params, runs_dir=runs, notebooks_dir=write_stubs(tmp_path / "fixed"))
+    printed = capsys.readouterr().out
+    assert "[1/4] 01_prepare_data: prepare data and model: done, skipped" in printed
+    assert "[2/4] 03_evaluate: evaluate (zero-shot) and collect metrics: done, skipped" in printed
+    assert "[3/4] 04_language_bias: language bias (rank distance) ..." in printed
+    after = mtimes(run_dir)
+    assert {k: after[k] for k in finished} == finished and "report.md" in after
+
+    run_study(zero_shot_params, runs_dir=runs, notebooks_dir=tmp_path / "fixed", force=True)
+    assert all(mtimes(run_dir)[k] > after[k] for k in after)  # --force re-ran every step
+
+
+def test_publish_passes_the_folder_and_always_runs_the_report(tmp_path, zero_shot_params, monkeypatch, capsys):
+    import hybridlib.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "PUBLISH_DIR", tmp_path / "repo_figures")
+    (tmp_path / "repo_figures").mkdir()
+    stubs = write_stubs(tmp_path / "stubs")
+    run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs)
+    assert not (tmp_path / "repo_figures" / "05_report.png").exists()
+    capsys.readouterr()
+    run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs, publish=True)
+    printed = capsys.readouterr().out
+    assert printed.count("done, skipped") == 3 and "05_report: report: tables, significance, figures, publish" in printed
+    assert (tmp_path / "repo_figures" / "05_report.png").is_file()
+
+
+def test_a_step_is_stale_when_what_it_reads_is_newer(tmp_path):
+    steps = study_steps(load_params(SMOKE))
+    assert [s.output_name for s in steps] == [
+        "01_prepare_data.ipynb", "02_train-x-x-mono-seed0.ipynb", "02_train-x-y-seed0.ipynb",
+        "02_train-hybrid-seed0.ipynb", "03_evaluate.ipynb", "04_language_bias.ipynb", "05_report.ipynb"]
+    for step in steps:
+        for out in step.outputs:
+            (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / out).write_text("x")
+    for number, step in enumerate(steps):  # make the outputs' times follow the order of the steps
+        for out in step.outputs:
+            os.utime(tmp_path / out, ns=(10**18 + number * 10**9,) * 2)
+    assert all(is_done(step, steps, tmp_path) for step in steps)
+    os.utime(tmp_path / "metrics/parts/x-y-seed0.csv", ns=(10**18 + 10 * 10**9,) * 2)  # x-y retrained
+    assert [s.output_name for s in steps if not is_done(s, steps, tmp_path)] == ["03_evaluate.ipynb"]
+    assert not is_done(Step("05_report", "", always=True, outputs=("report.md",)), steps, tmp_path)
+    (tmp_path / "report.md").unlink()
+    assert not is_done(steps[-1], steps, tmp_path)
+
+
+def test_variants_are_trained_as_their_own_steps():
+    params = load_params(ROOT / "params" / "alpha-sweep.yaml")
+    trained = [s.parameters["strategy"] for s in study_steps(params) if s.notebook == "02_train" and s.parameters["seed"] == 0]
+    assert trained == ["hybrid", "hybrid-a0.00", "hybrid-a0.25", "hybrid-a0.75", "hybrid-a1.00"]

@@ -1,0 +1,239 @@
+"""Figures (hybridlib.plots) and the report (hybridlib.report) on small synthetic result tables.
+
+The synthetic tables have the layout of ``hybridlib.evaluate``'s output: a per-query table and
+its macro averages (per cell, then ``all``), so the expected numbers can be computed by hand.
+"""
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+from hybridlib import plots, report  # noqa: E402
+from hybridlib.config import StudyParams  # noqa: E402
+
+LANGS = ("de", "en", "ru")
+STRATEGIES = ("hybrid", "x-y", "zero-shot", "x-x-mono")  # deliberately not in the study's order
+MODEL = "tiny model (synthetic)"
+# per strategy: base mAP per setting and rank distance; chosen so that the ordering is known
+LEVELS = {"zero-shot": (0.50, 0.30, 0.25, 40.0), "x-x-mono": (0.80, 0.60, 0.50, 30.0),
+          "x-y": (0.70, 0.70, 0.60, 20.0), "hybrid": (0.82, 0.72, 0.62, 10.0)}
+
+
+def per_query_frame(n_ids: int = 12, seeds=(0, 1)) -> pd.DataFrame:
+    """Per-query rows: mono X->X, cross X->Y and multilingual X->all mAP, multilingual rank distance."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for strategy, seed, q in itertools.product(STRATEGIES, seeds, range(n_ids)):
+        mono, cross, multi, distance = LEVELS[strategy]
+        for x, y in itertools.product(LANGS, LANGS):
+            setting, base = ("monolingual", mono) if x == y else ("crosslingual", cross)
+            rows.append((strategy, seed, setting, x, y, f"q{q}", "mAP", base + rng.normal(0, 0.01)))
+        for x in LANGS:
+            rows.append((strategy, seed, "multilingual", x, "all", f"q{q}", "mAP", multi + rng.normal(0, 0.01)))
+            rows.append((strategy, seed, "multilingual", x, "all", f"q{q}", "rank_distance",
+                         distance + rng.integers(-3, 4)))
+    frame = pd.DataFrame(rows, columns=["strategy", "seed", "setting", "query_lang", "pool_lang", "query_id",
+                                        "metric", "value"])
+    return frame.assign(model=MODEL, eval_dataset="xquad-r")
+
+
+def metrics_frame(per_query: pd.DataFrame) -> pd.DataFrame:
+    """Macro averages as the evaluation writes them: per cell, then ``all`` per setting."""
+    keys = ["model", "strategy", "seed", "eval_dataset", "setting", "metric"]
+    cells = per_query.groupby([*keys, "query_lang", "pool_lang"], as_index=False)["value"].mean()
+    averaged = cells.groupby(keys, as_index=False)["value"].mean().assign(query_lang="all", pool_lang="all")
+    return pd.concat([cells, averaged], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def tables():
+    per_query = per_query_frame()
+    return per_query, metrics_frame(per_query)
+
+
+def test_strategies_keep_the_study_order_and_colours():
+    assert plots.ordered_strategies(STRATEGIES + ("mystery",)) == ["zero-shot", "x-x-mono", "x-y", "hybrid", "mystery"]
+    assert plots.strategy_palette(["hybrid"])["hybrid"] == plots.STRATEGY_COLORS["hybrid"]
+
+
+def test_language_matrix_is_the_mean_over_seeds(tables):
+    per_query, metrics = tables
+    matrix = plots.language_matrix(metrics, "x-y")
+    expected = per_query[(per_query.strategy == "x-y") & (per_query.query_lang == "de")
+                         & (per_query.pool_lang == "ru")]["value"].mean()
+    assert matrix.shape == (3, 3)
+    assert matrix.loc["de", "ru"] == pytest.approx(expected)
+
+
+def test_figures_have_one_panel_per_strategy_and_name_the_model(tables, tmp_path):
+    from hybridlib.stats import bootstrap_ci
+
+    per_query, metrics = tables
+    heat = plots.map_heatmaps(metrics)
+    panels = [ax for ax in heat.axes if ax.get_title() in STRATEGIES]
+    assert [ax.get_title() for ax in panels] == ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    assert MODEL in heat._suptitle.get_text()
+    assert panels[0].get_ylabel() == "query language X"
+
+    intervals = bootstrap_ci(per_query, bootstrap_samples=50)
+    bars = plots.setting_bars(intervals)
+    ax = bars.axes[0]
+    assert len(ax.patches) == 4 * 3  # strategies x settings
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted(round(v, 6) for v in intervals[intervals.metric == "mAP"]["mean"])
+    assert MODEL in ax.get_title()
+
+    box = plots.rank_distance_distribution(per_query)
+    assert box.axes[0].get_xlabel() == "query language"
+    assert [t.get_text() for t in box.axes[0].get_xticklabels()] == list(LANGS)
+
+    written = plots.save_figure(bars, tmp_path / "figs" / "bars")
+    assert [p.name for p in written] == ["bars.png", "bars.pdf"]
+    assert all(p.stat().st_size > 1000 for p in written)
+    assert not list((tmp_path / "figs").glob(".*"))  # no temporary file left
+
+
+def test_training_curves_smooth_each_run(tmp_path):
+    steps = np.arange(1, 41)
+    log = pd.concat([pd.DataFrame({"step": steps, "loss": 3 - 0.05 * steps + 0.1 * (-1) ** steps,
+                                   "strategy": s, "seed": 0}) for s in ("x-y", "hybrid")])
+    val = pd.DataFrame({"step": [20, 40, 20, 40], "val_loss": [2.0, 1.5, 2.1, 1.6],
+                        "strategy": ["x-y", "x-y", "hybrid", "hybrid"], "seed": 0})
+    fig = plots.training_curves(log, val)
+    train_ax, val_ax = fig.axes
+    assert len(train_ax.lines) == 4 and len(val_ax.lines) == 2  # raw + smoothed per run; one per run
+    smoothed = train_ax.lines[1].get_ydata()
+    assert np.ptp(np.diff(smoothed)) < np.ptp(np.diff(log["loss"].to_numpy()[:40]))  # less jagged
+    assert [t.get_text() for t in train_ax.get_legend().get_texts()] == ["x-y", "hybrid"]  # study order
+    assert plots.smooth(pd.Series([1.0, 1.0, 1.0]), 5).tolist() == [1.0, 1.0, 1.0]
+    empty = plots.training_curves(pd.DataFrame())  # a zero-shot-only study has no training log
+    assert empty.axes[0].texts[0].get_text() == "no fine-tuned model in this study"
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(ValueError, match="lacks column"):
+        plots.map_heatmaps(pd.DataFrame({"strategy": ["x-y"]}))
+
+
+def test_paper_numbers_are_the_published_table():
+    paper = report.paper_results()
+    row = paper[(paper.source == "paper LaBSE") & (paper.strategy == "hybrid") & (paper.eval_dataset == "mlqa-r")]
+    assert row[["mono mAP", "cross mAP", "multi mAP", "rank distance"]].values.tolist() == [[.686, .681, .579, 195.0]]
+    assert len(paper) == 12
+
+
+def test_comparison_table_puts_ours_next_to_the_paper(tables):
+    per_query, metrics = tables
+    table = report.comparison_table(metrics)
+    assert table["source"].tolist()[:6] == ["paper XLM-R"] * 3 + ["paper LaBSE"] * 3
+    ours = table[table.source == f"ours: {MODEL}"]
+    assert ours["strategy"].tolist() == ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    cells = per_query[(per_query.strategy == "x-y") & (per_query.setting == "crosslingual")]
+    expected = cells.groupby(["seed", "query_lang", "pool_lang"])["value"].mean().groupby("seed").mean().mean()
+    assert ours.set_index("strategy").loc["x-y", "cross mAP"] == pytest.approx(expected)
+    assert ours["n_seeds"].tolist() == [2, 2, 2, 2]
+    assert set(table["eval_dataset"]) == {"xquad-r"}  # the paper's MLQA-R rows only when we evaluate on it
+
+
+def test_ordering_reads_best_first(tables):
+    ordering = report.strategy_ordering(report.comparison_table(tables[1]))
+    ours = ordering[ordering.source == f"ours: {MODEL}"].iloc[0]
+    assert ours["mono mAP"] == "hybrid > x-x-mono > x-y"
+    assert ours["rank distance"] == "hybrid > x-y > x-x-mono"  # lower is better
+    xlmr = ordering[ordering.source == "paper XLM-R"].iloc[0]
+    assert xlmr["multi mAP"] == "x-y = hybrid > x-x-mono"  # .593 twice in the paper
+
+
+def test_markdown_table_formats_numbers():
+    frame = pd.DataFrame({"a": ["x|y", "z"], "b": [0.12345, np.nan], "rank distance": [12.34, 5.0]})
+    text = report.markdown_table(frame, column_digits={"rank distance": 1})
+    assert text.splitlines() == ["| a | b | rank distance |", "|---|---|---|",
+                                 "| x\\|y | 0.123 | 12.3 |", "| z |  | 5.0 |"]
+
+
+def test_report_and_publish(tables, tmp_path):
+    from hybridlib.stats import bootstrap_ci, claim_verdicts, paired_tests
+
+    per_query, metrics = tables
+    significance = paired_tests(per_query, bootstrap_samples=50)
+    verdicts = claim_verdicts(significance)
+    comparison = report.comparison_table(metrics)
+    figure = plots.setting_bars(bootstrap_ci(per_query, bootstrap_samples=50))
+    figures = plots.save_figure(figure, tmp_path / "figures" / "settings")
+    intervals = report.interval_table(bootstrap_ci(per_query, bootstrap_samples=50))
+    assert intervals["strategy"].tolist() == ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    assert intervals.columns.tolist() == ["eval_dataset", "strategy", "mono mAP", "cross mAP", "multi mAP",
+                                          "rank distance"]
+    path = report.write_report(tmp_path, StudyParams(), comparison, report.strategy_ordering(comparison),
+                               intervals, significance, verdicts, figures, MODEL)
+    text = path.read_text()
+    assert "only the ordering of the strategies" in text
+    assert "![settings](figures/settings.png)" in text and "settings.pdf" not in text
+    assert "| Hybrid lowers the rank distance relative to X-X-mono |" in text.replace("| xquad-r ", "")
+    assert text.count("\n| paper XLM-R") == 0 and "| xquad-r | paper XLM-R | x-x-mono | 0.792 |" in text
+    published = report.publish_figures(tmp_path, tmp_path / "repo_figures")
+    assert sorted(p.name for p in published) == ["settings.pdf", "settings.png"]
+
+
+# ------------------------------------------------------------------ study glue on synthetic parts
+def write_parts(run_dir, per_query, tags):
+    from hybridlib import study
+
+    (run_dir / "metrics" / "parts").mkdir(parents=True, exist_ok=True)
+    for strategy, seed in tags:
+        rows = per_query[(per_query.strategy == strategy) & (per_query.seed == seed)]
+        study._save_part(run_dir, study.model_tag(strategy, seed), metrics_frame(rows), rows)
+
+
+def test_collect_metrics_takes_this_study_s_parts_only(tables, tmp_path, capsys):
+    from hybridlib import study
+
+    per_query, _ = tables
+    params = StudyParams(strategies=["zero-shot", "x-y", "hybrid"], seeds=[0, 1])
+    write_parts(tmp_path, per_query, [("zero-shot", 0), ("x-y", 0), ("x-y", 1), ("hybrid", 0),
+                                      ("x-x-mono", 0)])  # x-x-mono: left from other parameters
+    metrics, collected, missing = study.collect_metrics(params, tmp_path)
+    assert missing == ["hybrid-seed1"] and "not evaluated yet" in capsys.readouterr().out
+    assert sorted(set(zip(metrics.strategy, metrics.seed))) == [("hybrid", 0), ("x-y", 0), ("x-y", 1), ("zero-shot", 0)]
+    assert len(collected) == len(per_query[per_query.strategy.isin(["x-y", "hybrid", "zero-shot"])
+                                           & ~((per_query.strategy != "x-y") & (per_query.seed == 1))])
+    assert pd.read_csv(tmp_path / "metrics" / "metrics.csv").shape == metrics.shape
+
+
+def test_summary_and_rank_distance_tables_average_seeds(tables, tmp_path):
+    from hybridlib import study
+
+    per_query, metrics = tables
+    summary = study.summary_table(metrics)
+    assert summary.index.get_level_values("strategy").tolist() == ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    assert summary["seeds"].tolist() == [2, 2, 2, 2]
+    hybrid = per_query[(per_query.strategy == "hybrid") & (per_query.setting == "multilingual")
+                       & (per_query.metric == "rank_distance")]
+    params = StudyParams(train_dataset="mlqa-r", train_languages=["en", "de"])
+    table = study.rank_distance_table(params, metrics, tmp_path)
+    row = table[(table.strategy == "hybrid") & (table.query_lang == "all")].iloc[0]
+    assert row["rank_distance"] == pytest.approx(hybrid.groupby(["seed", "query_lang"])["value"].mean().mean())
+    assert row["n_seeds"] == 2
+    assert dict(zip(table.query_lang, table.seen)) == {"all": "", "de": "yes", "en": "yes", "ru": "no"}
+    assert (tmp_path / "metrics" / "rank_distance.csv").is_file()
+    wide = study.rank_distance_wide(table)
+    assert wide.columns.tolist() == ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    assert wide.index.get_level_values("query_lang").tolist() == ["de", "en", "ru", "all"]
+
+
+def test_training_table_shows_a_variant_s_settings():
+    from hybridlib import study
+    from hybridlib.config import params_from_dict
+
+    params = params_from_dict({"strategies": ["hybrid"], "variants": [{"name": "hybrid-a0.25", "strategy": "hybrid",
+                                                                       "alpha": 0.25}]})
+    table = study.training_table(params, "hybrid-a0.25")
+    assert table.loc["training run", "value"] == "hybrid-a0.25" and table.loc["batches", "value"] == "hybrid"
+    assert table.loc["alpha", "value"] == "0.25"
+    assert study.expected_tags(params) == ["hybrid-seed0", "hybrid-a0.25-seed0"]
