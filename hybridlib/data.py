@@ -178,8 +178,9 @@ def load_lareqa(dataset: str, languages: Optional[Iterable[str]] = None,
                 max_ids: Optional[int] = None) -> LaReQA:
     """Load XQuAD-R or MLQA-R as question and candidate tables.
 
-    ``max_ids`` keeps the first ``max_ids`` question ids (sorted) and only the paragraphs that
-    hold their answers, in every language: a small but complete pool for quick runs.
+    ``max_ids`` keeps the first ``max_ids`` question ids in file order (the first language's
+    order) and only the paragraphs that hold their answers, in every language: whole leading
+    paragraphs, so the pools shrink in proportion (a smaller but complete benchmark).
     """
     questions, candidates = [], []
     for lang, path in fetch_lareqa(dataset, languages).items():
@@ -190,7 +191,7 @@ def load_lareqa(dataset: str, languages: Optional[Iterable[str]] = None,
     q = pd.DataFrame(questions, columns=["lang", "id", "text", "candidate"])
     c = pd.DataFrame(candidates, columns=["lang", "text", "paragraph", "context"])
     data = LaReQA(dataset, q, c)
-    return subset_ids(data, sorted(q["id"].unique())[:max_ids]) if max_ids else data
+    return subset_ids(data, q["id"].unique()[:max_ids]) if max_ids else data
 
 
 def subset_ids(data: LaReQA, ids: Iterable[str]) -> LaReQA:
