@@ -23,7 +23,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 ## The main job: the default study (params/default.yaml) into runs/default/.
 reproduce: setup
-	$(BIN)/hybridlib run params/default.yaml
+	$(BIN)/hybridlib run params/default.yaml --publish
 
 ## The whole study on tiny settings (minutes).
 smoke: setup

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -121,7 +120,7 @@ def memory_worker(impl: str, path: str, batch_size: int, steps: int) -> None:
     batches = benchmark_batches(batch_size, steps)
     step = OurStep(path) if impl == "hybridlib" else SentenceTransformersStep(path)
     loaded = _proc_status_mb("VmRSS")
-    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    load_peak = _proc_status_mb("VmHWM")  # not ru_maxrss: a child inherits its parent's
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
     for texts in batches:
         step(texts)

@@ -79,7 +79,7 @@ def _cmd_evaluate(args) -> None:
 def _cmd_run(args) -> None:
     from .pipeline import run_study
 
-    run_study(args.params, force=args.force, runs_dir=args.runs_dir)
+    run_study(args.params, force=args.force, runs_dir=args.runs_dir, publish=args.publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params")
     p.add_argument("--force", action="store_true", help="re-run steps whose outputs exist")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--publish", action="store_true", help="also copy the report's figures to the repository's figures/")
     p.set_defaults(func=_cmd_run)
     return parser
 

@@ -158,7 +158,9 @@ def style_table(table: pd.DataFrame, group_by: Sequence[str] = ("eval_dataset",)
         masked = frame[column].where(eligible)
         styles = _best_in_column(masked, groups)
         styler = styler.apply(lambda _, s=styles: s, subset=[column])
-        digits = 1 if column in LOWER_IS_BETTER or "distance" in column else 3
+        values = frame[column].dropna()
+        digits = 0 if len(values) and (values % 1 == 0).all() else \
+            1 if column in LOWER_IS_BETTER or "distance" in column else 3  # counts (n_seeds) as integers
         styler = styler.format(f"{{:.{digits}f}}", subset=[column], na_rep="")
     return styler
 

@@ -6,7 +6,8 @@ and ``<tag>.val.csv`` (02), ``models/<tag>/`` (02, only with ``keep_models``),
 ``metrics/parts/<tag>.csv`` + ``<tag>.per_query.parquet`` (02 and 03, one per model),
 ``metrics/metrics.csv`` + ``per_query.parquet`` (03), ``metrics/rank_distance.csv`` (04),
 ``metrics/intervals.csv``, ``metrics/significance.csv``, ``metrics/claims.csv``, ``report.md`` (05),
-``figures/`` (PNG + PDF). ``<tag>`` is ``<strategy>-seed<k>``, or ``zero-shot``.
+``figures/`` (PNG + PDF); ``training/<tag>/`` only while a model trains (checkpoints to resume).
+``<tag>`` is ``<strategy>-seed<k>`` (a strategy or a variant's name), or ``zero-shot``.
 """
 from __future__ import annotations
 
@@ -240,6 +241,7 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
     tag = model_tag(strategy, seed)
     work = run_dir / "training" / tag
     result = train(run_params, strategy=batches, seed=seed, out_dir=work, progress=progress)
+    (run_dir / "train_log").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.log_path, run_dir / "train_log" / f"{tag}.csv")
     val_log = Path(result.log_path).with_name("val_log.csv")
     if val_log.exists():
@@ -254,6 +256,8 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(result.model_dir), target)
     shutil.rmtree(work, ignore_errors=True)
+    if not any(work.parent.iterdir()):
+        work.parent.rmdir()
     return metrics
 
 

@@ -13,6 +13,7 @@ The loop (paper.md "Model and loss"; choices marked *ours* there):
   (both kinds for hybrid, averaged), every ``eval_every`` steps and before the first step;
 - AdamW (no weight decay on biases and LayerNorm weights), linear warm-up over
   ``warmup_ratio * max_steps`` steps then linear decay to 0 at ``max_steps``;
+- texts are embedded in length-sorted chunks of 16 (far less padding than one padded batch);
 - GradCache (Gao et al. 2021) when ``grad_cache_chunk`` is set: all texts are embedded in chunks
   without a graph, the loss and its gradient w.r.t. the embeddings are computed, then each chunk
   is embedded again with a graph (same dropout masks) and back-propagated with the cached
@@ -57,11 +58,12 @@ from .losses import batch_loss, contrastive_loss, is_distributed
 from .sampling import NO_ROW, STRATEGIES, Batch, BatchSampler
 
 VALIDATION_SEED = 0  # the held-out ids and validation batches are the same for every run
+LENGTH_CHUNK = 16  # texts per forward pass, sorted by length (less padding; see length_chunks)
 TRAIN_LOG_COLUMNS = ["step", "batch_kind", "n_pairs", "n_cross_pairs", "query_langs", "passage_langs",
                      "loss", "lr", "seconds"]
 # Parameters that do not change training: a checkpoint stays valid when only these differ.
 NOT_TRAINING_KEYS = {"run_name", "candidate_context", "eval_datasets", "eval_languages", "eval_max_ids",
-                     "strategies", "seeds", "device", "keep_models", "bootstrap_samples"}
+                     "strategies", "variants", "seeds", "device", "keep_models", "bootstrap_samples"}
 
 
 class TrainingError(HybridlibError):
@@ -206,11 +208,28 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.set_rng_state(state)
 
 
-def _rows(tokens: dict, rows: slice) -> dict:
+def length_chunks(tokens: dict, size: int) -> list:
+    """Row indices of a tokenized batch sorted by length, cut into chunks of ``size`` rows.
+
+    Embedding each chunk padded only to its own longest text spares most padding: in MLQA-R
+    batches of 32 pairs, 38% of the positions of one padded passage batch are real tokens,
+    74% with 4 length-sorted chunks.
+    """
+    order = torch.argsort(tokens["attention_mask"].sum(dim=1), stable=True)
+    return list(torch.split(order, size))
+
+
+def _rows(tokens: dict, rows: torch.Tensor) -> dict:
     """Rows of a tokenized batch, trimmed to their longest sequence."""
-    mask = tokens["attention_mask"][rows]
-    width = int(mask.sum(dim=1).max())
+    width = int(tokens["attention_mask"][rows].sum(dim=1).max())
     return {key: value[rows, :width] for key, value in tokens.items()}
+
+
+def embed_in_chunks(encoder, tokens: dict, size: int = LENGTH_CHUNK) -> torch.Tensor:
+    """``encoder.embed_tokens`` over length-sorted chunks (see ``length_chunks``), in input order."""
+    chunks = length_chunks(tokens, size)
+    embedded = torch.cat([encoder.embed_tokens(_rows(tokens, rows)) for rows in chunks])
+    return embedded[torch.argsort(torch.cat(chunks))]
 
 
 def backward(encoder, texts: BatchTexts, loss_fn: Callable, grad_cache_chunk: Optional[int] = None,
@@ -218,38 +237,40 @@ def backward(encoder, texts: BatchTexts, loss_fn: Callable, grad_cache_chunk: Op
     """Embed a batch, compute ``loss_fn`` and accumulate its gradients into the encoder.
 
     ``loss_fn(q, p, n, q_parallel, parallel_mask)``; ``scale`` (a GradScaler's ``scale``) is
-    applied before back-propagation. With ``grad_cache_chunk`` the gradients are those of plain
-    back-propagation, computed in chunks of that many texts (GradCache). Returns the loss.
+    applied before back-propagation. Texts are embedded in length-sorted chunks of
+    ``LENGTH_CHUNK`` (less padding). With ``grad_cache_chunk`` the gradients are those of plain
+    back-propagation, computed with at most that many texts in memory at once (GradCache).
+    Returns the loss.
     """
-    groups = {kind: texts_ for kind, texts_ in _groups(texts).items() if texts_}
+    tokens = {kind: encoder.tokenize(texts_, kind) for kind, texts_ in _groups(texts).items() if texts_}
     if grad_cache_chunk is None:
         with encoder.autocast():
-            embeddings = {kind: encoder.embed(texts_, kind) for kind, texts_ in groups.items()}
+            embeddings = {kind: embed_in_chunks(encoder, tokens_) for kind, tokens_ in tokens.items()}
         loss = _loss_of(embeddings, texts, loss_fn)
         scale(loss).backward()
         return loss.detach()
-    return _grad_cache_backward(encoder, groups, texts, loss_fn, grad_cache_chunk, scale)
+    return _grad_cache_backward(encoder, tokens, texts, loss_fn, grad_cache_chunk, scale)
 
 
-def _grad_cache_backward(encoder, groups: dict, texts: BatchTexts, loss_fn: Callable, chunk: int,
+def _grad_cache_backward(encoder, tokens: dict, texts: BatchTexts, loss_fn: Callable, chunk: int,
                          scale: Callable) -> torch.Tensor:
     device = encoder.device
-    tokens = {kind: encoder.tokenize(texts_, kind) for kind, texts_ in groups.items()}
-    chunks = {kind: [slice(i, i + chunk) for i in range(0, len(texts_), chunk)] for kind, texts_ in groups.items()}
-    rng_states, cached = {}, {}
+    chunks = {kind: length_chunks(tokens_, chunk) for kind, tokens_ in tokens.items()}
+    rng_states, cached = [], {}
     with torch.no_grad(), encoder.autocast():  # 1. embeddings without a graph
-        for kind, slices in chunks.items():
-            parts = []
-            for rows in slices:
-                rng_states[kind, rows.start] = _rng_state(device)
-                parts.append(encoder.embed_tokens(_rows(tokens[kind], rows)))
-            cached[kind] = torch.cat(parts).requires_grad_(True)
+        for kind, kind_chunks in chunks.items():
+            cached[kind] = torch.empty((len(tokens[kind]["input_ids"]), encoder.dim), device=device)
+            for rows in kind_chunks:
+                rng_states.append(_rng_state(device))
+                cached[kind][rows] = encoder.embed_tokens(_rows(tokens[kind], rows))
+            cached[kind].requires_grad_(True)
     state_after = _rng_state(device)
     loss = _loss_of(cached, texts, loss_fn)  # 2. loss and its gradient w.r.t. the embeddings
     scale(loss).backward()
-    for kind, slices in chunks.items():  # 3. each chunk again, with a graph and the same dropout
-        for rows in slices:
-            _set_rng_state(rng_states[kind, rows.start], device)
+    states = iter(rng_states)
+    for kind, kind_chunks in chunks.items():  # 3. each chunk again, with a graph and the same dropout
+        for rows in kind_chunks:
+            _set_rng_state(next(states), device)
             with encoder.autocast():
                 embedded = encoder.embed_tokens(_rows(tokens[kind], rows))
             embedded.backward(cached[kind].grad[rows])
@@ -276,8 +297,8 @@ def validation_loss(encoder, table: pd.DataFrame, batches: dict, temperature: fl
             values = []
             for batch in kind_batches:
                 texts = batch_texts(table, batch)
-                q = encoder.embed(texts.queries, "query")
-                passages = encoder.embed(texts.positives + texts.negatives, "passage")
+                q = embed_in_chunks(encoder, encoder.tokenize(texts.queries, "query"))
+                passages = embed_in_chunks(encoder, encoder.tokenize(texts.positives + texts.negatives, "passage"))
                 b = len(texts.queries)
                 values.append(contrastive_loss(q, passages[:b], passages[b:], temperature, symmetric).item())
             losses[f"val_loss_{kind}"] = float(np.mean(values))

@@ -237,3 +237,63 @@ def test_training_table_shows_a_variant_s_settings():
     assert table.loc["training run", "value"] == "hybrid-a0.25" and table.loc["batches", "value"] == "hybrid"
     assert table.loc["alpha", "value"] == "0.25"
     assert study.expected_tags(params) == ["hybrid-seed0", "hybrid-a0.25-seed0"]
+
+
+def test_style_table_bolds_the_best_and_prints_counts_as_integers(tables):
+    comparison = report.comparison_table(tables[1])
+    html = report.style_table(comparison, group_by=["eval_dataset", "source"], skip_strategies=["zero-shot"]).to_html()
+    assert ">2<" in html and ">2.000<" not in html  # n_seeds
+    styler = report.style_table(comparison, group_by=["eval_dataset", "source"], skip_strategies=["zero-shot"])
+    styler._compute()
+    bold = {(r, c) for (r, c), props in styler.ctx.items() if ("font-weight", "bold") in props}
+    columns = list(comparison.columns)
+    ours = comparison.index[comparison.source == f"ours: {MODEL}"]
+    best_rank_distance = comparison.loc[ours].set_index("strategy")["rank distance"].drop("zero-shot").idxmin()
+    row = comparison.index[(comparison.source == f"ours: {MODEL}") & (comparison.strategy == best_rank_distance)][0]
+    assert (row, columns.index("rank distance")) in bold
+    # a skipped strategy never counts as best: without hybrid, x-x-mono leads monolingually
+    styler = report.style_table(comparison, group_by=["eval_dataset", "source"], skip_strategies=["hybrid"])
+    styler._compute()
+    bold = {(r, c) for (r, c), props in styler.ctx.items() if ("font-weight", "bold") in props}
+    ours_row = {s: comparison.index[(comparison.source == f"ours: {MODEL}") & (comparison.strategy == s)][0]
+                for s in ("hybrid", "x-x-mono")}
+    assert not any(r == ours_row["hybrid"] for r, _ in bold)
+    assert (ours_row["x-x-mono"], columns.index("mono mAP")) in bold
+
+
+@pytest.mark.parametrize("keep_models", [False, True])
+def test_train_and_evaluate_runs_a_variant_and_drops_or_keeps_its_weights(tmp_path, monkeypatch, tiny_encoder,
+                                                                           keep_models):
+    """The glue around training (train itself is replaced: tests/test_train.py covers it)."""
+    from pathlib import Path
+
+    import hybridlib.train as train_module
+    from hybridlib import study
+    from hybridlib.config import params_from_dict
+    from hybridlib.models import DualEncoder
+
+    calls = []
+
+    def fake_train(params, strategy, seed, out_dir, progress=True):
+        out_dir = Path(out_dir)
+        (out_dir / "model").mkdir(parents=True)
+        (out_dir / "model" / "weights").write_text("w")
+        pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(out_dir / "train_log.csv", index=False)
+        pd.DataFrame({"step": [0, 1], "val_loss": [2.0, 1.0]}).to_csv(out_dir / "val_log.csv", index=False)
+        calls.append((strategy, params.alpha, seed))
+        return train_module.TrainResult(out_dir / "model", out_dir / "train_log.csv", 1.0, False, 1)
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(DualEncoder, "from_params", classmethod(lambda cls, params, name_or_path=None: tiny_encoder))
+    params = params_from_dict({"strategies": ["hybrid"], "eval_languages": ["en", "de"], "eval_max_ids": 4,
+                               "keep_models": keep_models,
+                               "variants": [{"name": "hybrid-a0.25", "strategy": "hybrid", "alpha": 0.25}]})
+    metrics = study.train_and_evaluate(params, tmp_path, "hybrid-a0.25", 1)
+    assert calls == [("hybrid", 0.25, 1)]  # the variant's settings, its batch strategy
+    assert set(metrics["strategy"]) == {"hybrid-a0.25"} and set(metrics["seed"]) == {1}
+    assert (tmp_path / "metrics" / "parts" / "hybrid-a0.25-seed1.csv").is_file()
+    assert study.read_val_log(tmp_path, "hybrid-a0.25", 1)["val_loss"].tolist() == [2.0, 1.0]
+    assert (tmp_path / "models" / "hybrid-a0.25-seed1" / "weights").is_file() == keep_models
+    assert not (tmp_path / "training").exists()
+    with pytest.raises(Exception, match="no training run named 'x-y'"):
+        study.train_and_evaluate(params, tmp_path, "x-y", 0)
