@@ -134,6 +134,7 @@ def main() -> None:
             for name in names:
                 took, results[name] = timed(runners[name], precision)
                 seconds[name].append(took)
+                print(f"  {precision} {name}: {took:.1f} s", flush=True)
         embeddings[precision] = results["ours"]
         st_best = min(seconds["sentence-transformers"])
         for name, values in seconds.items():
