@@ -12,6 +12,7 @@ Goals (issue 4): >= 1.2x sentence-transformers; <= 90 s for one model on all of 
     python benchmarks/bench_encode.py            # 2,000 random candidates (+ their questions)
     python benchmarks/bench_encode.py 500 --repeats 3
     python benchmarks/bench_encode.py --full     # all questions and candidates
+    python benchmarks/bench_encode.py 500 --threads 1   # stable ratios on a busy machine
 """
 from __future__ import annotations
 
@@ -68,9 +69,10 @@ def run_st(model, texts: dict, prefixes: dict, precision: str, batch_size: int) 
 
 
 def timed(function, *args):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process, result)."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = function(*args)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu, result
 
 
 def nearest(embeddings: np.ndarray, k: int) -> np.ndarray:
@@ -107,7 +109,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 gives stable ratios on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     questions, candidates, answers = xquad_texts(args.candidates, args.full)
     texts = {"query": questions, "passage": candidates}
@@ -128,26 +134,29 @@ def main() -> None:
     }
     table, embeddings = [], {}
     for precision in ("fp32", "bf16"):
-        seconds, results = {name: [] for name in runners}, {}
+        seconds, cpu_seconds, results = {name: [] for name in runners}, {name: [] for name in runners}, {}
         for repeat in range(args.repeats):
             names = list(runners) if repeat % 2 == 0 else list(runners)[::-1]  # alternate the order
             for name in names:
-                took, results[name] = timed(runners[name], precision)
+                took, cpu, results[name] = timed(runners[name], precision)
                 seconds[name].append(took)
-                print(f"  {precision} {name}: {took:.1f} s", flush=True)
+                cpu_seconds[name].append(cpu)
+                print(f"  {precision} {name}: {took:.1f} s ({cpu:.1f} CPU s)", flush=True)
         embeddings[precision] = results["ours"]
         st_best = min(seconds["sentence-transformers"])
         for name, values in seconds.items():
             cosine = min((results[name][k] * results["ours"][k]).sum(1).min() for k in texts)
-            table.append((precision, name, min(values), n / min(values), st_best / min(values), cosine))
+            table.append((precision, name, min(values), min(cpu_seconds[name]), n / min(values),
+                          st_best / min(values), cosine))
 
     print(f"\nbest of {args.repeats} runs, alternating:")
-    print(f"{'precision':<10}{'encoder':<24}{'seconds':>9}{'texts/s':>9}{'vs ST':>8}{'min cos vs ours':>17}")
-    for precision, name, seconds_, rate, ratio, cosine in table:
-        print(f"{precision:<10}{name:<24}{seconds_:>9.1f}{rate:>9.0f}{ratio:>7.2f}x{cosine:>17.6f}")
+    print(f"{'precision':<10}{'encoder':<24}{'seconds':>9}{'CPU s':>8}{'texts/s':>9}{'vs ST':>8}"
+          f"{'min cos vs ours':>17}")
+    for precision, name, wall, cpu, rate, ratio, cosine in table:
+        print(f"{precision:<10}{name:<24}{wall:>9.1f}{cpu:>8.1f}{rate:>9.0f}{ratio:>7.2f}x{cosine:>17.6f}")
 
     full = 13090 + 13014
-    for precision, name, seconds_, rate, *_ in table:
+    for precision, name, _, _, rate, *_ in table:
         if name == "ours":
             print(f"ours, {precision}: all of XQuAD-R ({full} texts) {'took' if args.full else 'would take'} "
                   f"{full / rate:.0f} s")

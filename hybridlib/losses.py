@@ -8,7 +8,8 @@ so the dot product is the cosine.
 
 Options:
 - ``symmetric``: average with the passage->query term (each positive must pick out its query
-  among the batch's queries), as ``MultipleNegativesSymmetricRankingLoss``;
+  among the batch's queries), as sentence-transformers' ``MultipleNegativesRankingLoss`` with
+  ``directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"``;
 - parallel queries (issue 7, ``parallel_query_weight``): ``weight * InfoNCE(q, q')`` where
   ``q'_i`` is a translation of query i (same id, another language) and the candidates are
   the batch's translations ``q'_j``; pairs whose id has no other language are left out.

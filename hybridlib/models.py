@@ -508,8 +508,8 @@ class DualEncoder:
     def _batch_tokens(self, max_batch_tokens: Union[int, str, None]) -> Optional[int]:
         if max_batch_tokens != "auto":
             return max_batch_tokens
-        # On the CPU, batches of ~1k tokens per thread keep activations in cache: measured 1.3x
-        # faster than 64 texts of 44 tokens (benchmarks/bench_encode.py). GPUs like big batches.
+        # On the CPU, batches of ~1k tokens per thread keep activations in cache: measured
+        # 1.1-1.3x faster than batches of 64 texts (benchmarks/bench_encode.py). GPUs like big batches.
         return CPU_TOKENS_PER_THREAD * torch.get_num_threads() if self.device.type == "cpu" else None
 
     @staticmethod

@@ -99,9 +99,9 @@ def test_info_nce_is_low_when_each_anchor_matches_its_own_candidate():
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("with_negatives", [False, True])
 def test_equals_sentence_transformers_ranking_losses(seed, with_negatives):
-    """Against sentence-transformers' MultipleNegativesRankingLoss / ...SymmetricRankingLoss (scale 20)."""
-    from sentence_transformers.sentence_transformer.losses import (MultipleNegativesRankingLoss,
-                                                                   MultipleNegativesSymmetricRankingLoss)
+    """Against sentence-transformers' MultipleNegativesRankingLoss (scale 20; symmetric: both
+    directions, one softmax per direction, averaged)."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     generator = torch.Generator().manual_seed(seed)
     q, p, n = (F.normalize(torch.randn(8, 16, generator=generator), dim=-1) for _ in range(3))
@@ -109,5 +109,7 @@ def test_equals_sentence_transformers_ranking_losses(seed, with_negatives):
     negatives = n if with_negatives else None
     theirs = MultipleNegativesRankingLoss(model=None, scale=20.0).compute_loss_from_embeddings(columns, None)
     assert contrastive_loss(q, p, negatives, 0.05).item() == pytest.approx(theirs.item(), rel=1e-5)
-    theirs = MultipleNegativesSymmetricRankingLoss(model=None, scale=20.0).compute_loss_from_embeddings(columns, None)
+    symmetric = MultipleNegativesRankingLoss(model=None, scale=20.0, directions=("query_to_doc", "doc_to_query"),
+                                             partition_mode="per_direction")
+    theirs = symmetric.compute_loss_from_embeddings(columns, None)
     assert contrastive_loss(q, p, negatives, 0.05, symmetric=True).item() == pytest.approx(theirs.item(), rel=1e-5)
