@@ -34,6 +34,11 @@ class ParamsError(HybridlibError, ValueError):
     """A parameter file is unusable; the message is one line naming the key."""
 
 
+def _int_is_a_float(value):
+    """YAML writes 0 and 1 as ints; in strict mode they must still be valid floats."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class Variant(BaseModel):
     """A named training run beside the plain strategies: one strategy with some settings changed.
 
@@ -53,10 +58,8 @@ class Variant(BaseModel):
     temperature: Optional[float] = Field(None, gt=0)
     hard_negatives: Optional[int] = Field(None, ge=0)
 
-    @field_validator("alpha", "parallel_query_weight", "temperature", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, value):
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    _floats = field_validator("alpha", "parallel_query_weight", "temperature", mode="before")(
+        lambda value: _int_is_a_float(value))
 
     @field_validator("strategy")
     @classmethod
@@ -129,12 +132,8 @@ class StudyParams(BaseModel):
     keep_models: bool = False  # keep fine-tuned weights in the run folder (~470 MB each)
     bootstrap_samples: int = Field(1000, ge=10)
 
-    @field_validator("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha",
-                     "parallel_query_weight", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, value):
-        # YAML writes 0 and 1 as ints; they are valid floats.
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    _floats = field_validator("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha",
+                              "parallel_query_weight", mode="before")(lambda value: _int_is_a_float(value))
 
     @field_validator("train_dataset")
     @classmethod
