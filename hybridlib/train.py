@@ -136,7 +136,7 @@ def split_validation(tables: list, n_ids: int) -> tuple[list, Optional[pd.DataFr
     return train_tables, pd.concat(held_out, ignore_index=True)
 
 
-def _pool_sizes(table: pd.DataFrame, kind: str, languages) -> dict:
+def _pool_sizes(table: pd.DataFrame, kind: str) -> dict:
     """Number of held-out ids each validation sampler of ``kind`` can draw from."""
     langs_per_id = table.groupby("id")["lang"].nunique()
     if kind == "x-x-mono":
@@ -157,7 +157,7 @@ def validation_batches(table: pd.DataFrame, strategy: str, batch_size: int) -> d
     smallest pool of at least 2 ids (so every language can be validated).
     """
     kinds = ("x-x-mono", "x-y") if strategy == "hybrid" else (strategy,)
-    pools = {kind: _pool_sizes(table, kind, None) for kind in kinds}
+    pools = {kind: _pool_sizes(table, kind) for kind in kinds}
     usable = [n for sizes in pools.values() for n in sizes.values() if n >= 2]
     if not usable:
         raise TrainingError(f"validation_ids is too small to validate {strategy} batches (need at least 2 "
