@@ -6,7 +6,9 @@
   bootstrap intervals (from ``stats.bootstrap_ci``);
 - ``rank_distance_distribution``: the per-query language bias (max - min rank of a query's
   parallel relevant candidates, multilingual pool) per query language and strategy;
-- ``training_curves``: training loss (smoothed) and validation loss against the step.
+- ``training_curves``: training loss (smoothed), validation loss and held-out R@10 against the step;
+- ``alpha_sweep``: final mono / cross / multilingual mAP and rank distance against hybrid's alpha;
+- ``alpha_convergence``: validation loss and held-out R@10 against the step, one colour per alpha.
 
 Strategies always appear in ``STRATEGY_ORDER`` with the colours of ``STRATEGY_COLORS``; titles
 name the model as the metrics table does (the default model is a dequantized 4-bit copy of
@@ -34,6 +36,7 @@ from .stats import STRATEGY_ORDER
 SETTING_ORDER = ("monolingual", "crosslingual", "multilingual")
 SETTING_LABELS = {"monolingual": "monolingual X→X", "crosslingual": "cross-lingual X→Y",
                   "multilingual": "multilingual X→all"}
+VAL_RECALL = "val_R@10"  # the held-out retrieval column of the validation log (hybridlib.train)
 _PALETTE = sns.color_palette("colorblind", 10)
 STRATEGY_COLORS = {"zero-shot": _PALETTE[7], "x-x-mono": _PALETTE[0], "x-y": _PALETTE[1],
                    "hybrid": _PALETTE[2], "x-x": _PALETTE[4], "en-en": _PALETTE[5]}
@@ -210,10 +213,11 @@ def smooth(values: pd.Series, span: int) -> pd.Series:
 
 def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = None,
                     span: Optional[int] = None, title: str = "") -> Figure:
-    """Training loss (raw, faint; EMA-smoothed, bold) and validation loss against the step, per strategy.
+    """Training loss (raw, faint; EMA-smoothed, bold), validation loss and held-out R@10 against the step.
 
     ``train_log``: columns ``strategy, seed, step, loss`` (``study.read_train_logs``);
-    ``val_log``: columns ``strategy, seed, step, val_loss`` (``study.read_val_logs``), optional.
+    ``val_log``: columns ``strategy, seed, step, val_loss`` and optionally ``val_R@10``
+    (``study.read_val_logs``), optional.
     Each seed is one line. ``span`` defaults to a twentieth of the steps. An empty log (a
     study without fine-tuning) gives a figure that says so.
     """
@@ -224,8 +228,9 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         return fig
     _check_columns(train_log, ["strategy", "seed", "step", "loss"], "training log")
     has_val = val_log is not None and not val_log.empty
-    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 6, 4),
-                                           squeeze=False, layout="constrained")
+    has_recall = has_val and VAL_RECALL in val_log.columns and val_log[VAL_RECALL].notna().any()
+    panels = 1 + has_val + has_recall
+    fig, axes = plt.subplots(1, panels, figsize=(1 + 5 * panels, 4), squeeze=False, layout="constrained")
     ax = axes[0, 0]
     span = span or max(1, int(train_log["step"].max()) // 20)
     palette = strategy_palette(train_log["strategy"].unique())
@@ -250,10 +255,92 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.set_title("validation loss (held-out ids)")
         ax.legend(title="batches", fontsize=8)
         ax.grid(alpha=0.3)
+    if has_recall:
+        ax = axes[0, 2]
+        for (strategy, seed), run in _runs(val_log):
+            ax.plot(run["step"], run[VAL_RECALL], marker="o", markersize=3, color=palette.get(strategy, "grey"))
+        ax.set_xlabel("training step")
+        ax.set_ylabel("R@10")
+        ax.set_title("held-out R@10 (multilingual pool)")
+        ax.grid(alpha=0.3)
     for ax in axes.ravel():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _alpha_colours(alphas: dict) -> dict:
+    """One colour per alpha on a sequential scale (0 = all X-Y batches, 1 = all X-X-mono)."""
+    cmap = plt.get_cmap("viridis")
+    return {label: cmap(0.9 * alpha) for label, alpha in alphas.items()}
+
+
+def _sweep_rows(intervals: pd.DataFrame, alphas: dict, metric: str, setting: str) -> pd.DataFrame:
+    rows = intervals[(intervals["metric"] == metric) & (intervals["setting"] == setting)
+                     & intervals["strategy"].isin(list(alphas))]
+    return rows.assign(alpha=rows["strategy"].map(alphas)).sort_values("alpha")
+
+
+def alpha_sweep(intervals: pd.DataFrame, alphas: dict, eval_dataset: Optional[str] = None) -> Figure:
+    """Final mono / cross / multilingual mAP and rank distance against hybrid's alpha, 95% intervals.
+
+    ``intervals``: ``stats.bootstrap_ci`` output; ``alphas``: label -> alpha of the hybrid runs
+    (``study.hybrid_alphas``). A zero-shot row, when present, is drawn as a dashed line.
+    """
+    _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
+                   "interval table")
+    data, eval_dataset = _one_dataset(intervals, eval_dataset)
+    panels = [("mAP", s) for s in SETTING_ORDER] + [("rank_distance", "multilingual")]
+    panels = [(m, s) for m, s in panels if not _sweep_rows(data, alphas, m, s).empty]
+    if not panels:
+        raise ValueError(f"no interval rows of the runs {', '.join(alphas)} on {eval_dataset}")
+    fig, axes = _panels(len(panels), 3.4, 3.2)
+    for ax, (metric, setting) in zip(axes, panels):
+        rows = _sweep_rows(data, alphas, metric, setting)
+        ax.errorbar(rows["alpha"], rows["mean"], yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
+                    marker="o", capsize=3, color=STRATEGY_COLORS["hybrid"], label="hybrid")
+        zero_shot = data[(data["strategy"] == "zero-shot") & (data["metric"] == metric) & (data["setting"] == setting)]
+        if not zero_shot.empty:
+            ax.axhline(zero_shot["mean"].iloc[0], color=STRATEGY_COLORS["zero-shot"], linestyle="--", label="zero-shot")
+        ax.set_xlabel("alpha (share of X-X-mono batches)")
+        ax.set_ylabel("rank distance (lower is better)" if metric == "rank_distance" else "mAP (macro average)")
+        ax.set_title(SETTING_LABELS[setting] if metric == "mAP" else "language bias, multilingual pool", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Alpha sweep on {eval_dataset} (95% bootstrap intervals)\n{model_label(data)}")
+    return fig
+
+
+def alpha_convergence(val_log: pd.DataFrame, alphas: dict, title: str = "") -> Figure:
+    """Validation loss and held-out R@10 against the step, one colour per alpha (mean over seeds; faint: seeds).
+
+    ``val_log``: ``study.read_val_logs`` (columns ``strategy, seed, step, val_loss`` and
+    ``val_R@10`` when the models were trained with it); ``alphas``: ``study.hybrid_alphas``.
+    """
+    _check_columns(val_log, ["strategy", "seed", "step", "val_loss"], "validation log")
+    data = val_log[val_log["strategy"].isin(list(alphas))]
+    if data.empty:
+        raise ValueError(f"no validation rows of the runs {', '.join(alphas)}")
+    columns = [("val_loss", "validation loss")]
+    if VAL_RECALL in data.columns and data[VAL_RECALL].notna().any():
+        columns.append((VAL_RECALL, "held-out R@10 (multilingual pool)"))
+    fig, axes = plt.subplots(1, len(columns), figsize=(1 + 5 * len(columns), 4), squeeze=False, layout="constrained")
+    colours = _alpha_colours(alphas)
+    for ax, (column, label) in zip(axes[0], columns):
+        for strategy, alpha in alphas.items():
+            runs = data[data["strategy"] == strategy]
+            for _, run in runs.groupby("seed"):
+                ax.plot(run["step"], run[column], color=colours[strategy], alpha=0.25, linewidth=0.8)
+            mean = runs.groupby("step")[column].mean()
+            ax.plot(mean.index, mean.values, marker="o", markersize=3, color=colours[strategy],
+                    label=f"{alpha:g}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(title="alpha", fontsize=8)
+    fig.suptitle(title or "Convergence per alpha (bold: mean over seeds)")
     return fig
 
 

@@ -437,3 +437,26 @@ def claims(significance_table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
         table = claim_verdicts(significance_table)
     write_csv_atomically(table, run_dir / "metrics" / "claims.csv")
     return table
+
+
+def hybrid_alphas(params: StudyParams) -> dict:
+    """The alpha of each hybrid training run (label -> alpha), in increasing alpha: the alpha sweep."""
+    alphas = {label: run.alpha for label, strategy, run in params.training_runs() if strategy == "hybrid"}
+    return dict(sorted(alphas.items(), key=lambda item: item[1]))
+
+
+def alpha_sweep_figures(params: StudyParams, intervals_table: pd.DataFrame, run_dir: Path) -> list[Path]:
+    """The alpha-sweep figures (``plots.alpha_sweep`` per dataset, ``plots.alpha_convergence``) in
+    ``figures/``, when the study trains hybrid batches at two alphas or more; else none."""
+    from .plots import alpha_convergence, alpha_sweep, save_figure
+
+    alphas = hybrid_alphas(params)
+    if len(alphas) < 2:
+        return []
+    paths = []
+    for dataset in lareqa_datasets(params):
+        paths += save_figure(alpha_sweep(intervals_table, alphas, dataset), run_dir / "figures" / f"alpha_sweep_{dataset}")
+    val_logs = read_val_logs(params, run_dir)
+    if not val_logs.empty:
+        paths += save_figure(alpha_convergence(val_logs, alphas), run_dir / "figures" / "alpha_convergence")
+    return paths

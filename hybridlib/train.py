@@ -4,7 +4,8 @@
 ``model/`` (the best checkpoint, ``DualEncoder.save`` format, loadable by transformers and
 sentence-transformers), ``train_log.csv`` (one row per step: ``step, batch_kind, n_pairs,
 n_cross_pairs, query_langs, passage_langs, loss, lr, seconds``), ``val_log.csv`` (``step,
-val_loss`` and one ``val_loss_<kind>`` column per validated kind) and ``train_done.json``.
+val_loss``, one ``val_loss_<kind>`` column per validated kind, and ``val_mAP`` / ``val_R@10`` of
+the held-out queries against the pool of held-out answers) and ``train_done.json``.
 
 The loop (paper.md "Model and loss"; choices marked *ours* there):
 - one ``seed`` seeds python, numpy, torch and the batch sampler; CPU runs are bit-reproducible;
@@ -59,6 +60,7 @@ from .sampling import NO_ROW, STRATEGIES, Batch, BatchSampler
 
 VALIDATION_SEED = 0  # the held-out ids and validation batches are the same for every run
 LENGTH_CHUNK = 16  # texts per forward pass, sorted by length (less padding; see length_chunks)
+VALIDATION_RETRIEVAL_COLUMNS = ("val_mAP", "val_R@10")
 TRAIN_LOG_COLUMNS = ["step", "batch_kind", "n_pairs", "n_cross_pairs", "query_langs", "passage_langs",
                      "loss", "lr", "seconds"]
 # Parameters that do not change training: a checkpoint stays valid when only these differ.
@@ -287,23 +289,57 @@ def _average_gradients(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def validation_loss(encoder, table: pd.DataFrame, batches: dict, temperature: float, symmetric: bool) -> dict:
-    """Mean contrastive loss per kind over fixed batches (eval mode), and ``val_loss`` their mean."""
+def _embed_distinct(encoder, texts, kind: str) -> tuple[dict, torch.Tensor]:
+    """Embed each distinct text once: ``({text: row}, embeddings)``."""
+    distinct = list(dict.fromkeys(texts))
+    return {text: row for row, text in enumerate(distinct)}, embed_in_chunks(encoder, encoder.tokenize(distinct, kind))
+
+
+def held_out_retrieval(queries: torch.Tensor, answers: torch.Tensor, query_ids, answer_ids, k: int = 10) -> dict:
+    """mAP and R@k of held-out queries against the multilingual pool of held-out answers.
+
+    ``answer_ids``: for each answer, the set of question ids it answers (an answer sentence can
+    answer several questions). Relevant: every answer of the query's id, in every language,
+    as in the LAReQA multilingual setting.
+    """
+    from .metrics import average_precision_from_ranks, recall_at_k, relevant_ranks
+
+    relevant = np.array([[qid in ids for ids in answer_ids] for qid in query_ids], dtype=bool)
+    scores = (queries.float() @ answers.float().T).cpu().numpy()
+    ranks = relevant_ranks(scores, relevant)
+    return {"val_mAP": float(np.mean(average_precision_from_ranks(ranks))),
+            f"val_R@{k}": float(np.nanmean(recall_at_k(ranks, k)))}
+
+
+def validation_metrics(encoder, table: pd.DataFrame, batches: dict, temperature: float, symmetric: bool) -> dict:
+    """Validation loss and held-out retrieval of the encoder (eval mode, each text embedded once).
+
+    ``val_loss_<kind>``: the mean contrastive loss over the fixed batches of each kind;
+    ``val_loss``: their mean. ``val_mAP`` and ``val_R@10``: every held-out query against the
+    pool of all held-out answer sentences (``held_out_retrieval``), the same for every strategy.
+    """
     was_training = encoder.model.training
     encoder.model.eval()
+    negatives = [text for texts in table["negatives"] for text in texts]
+    with torch.no_grad(), encoder.autocast():
+        query_row, queries = _embed_distinct(encoder, table["query"], "query")
+        passage_row, passages = _embed_distinct(encoder, list(table["positive"]) + negatives, "passage")
     losses = {}
-    with encoder.autocast():
-        for kind, kind_batches in batches.items():
-            values = []
-            for batch in kind_batches:
-                texts = batch_texts(table, batch)
-                q = embed_in_chunks(encoder, encoder.tokenize(texts.queries, "query"))
-                passages = embed_in_chunks(encoder, encoder.tokenize(texts.positives + texts.negatives, "passage"))
-                b = len(texts.queries)
-                values.append(contrastive_loss(q, passages[:b], passages[b:], temperature, symmetric).item())
-            losses[f"val_loss_{kind}"] = float(np.mean(values))
+    for kind, kind_batches in batches.items():
+        values = []
+        for batch in kind_batches:
+            texts = batch_texts(table, batch)
+            q = queries[[query_row[t] for t in texts.queries]]
+            p = passages[[passage_row[t] for t in texts.positives]]
+            n = passages[[passage_row[t] for t in texts.negatives]]
+            values.append(contrastive_loss(q.float(), p.float(), n.float(), temperature, symmetric).item())
+        losses[f"val_loss_{kind}"] = float(np.mean(values))
     encoder.model.train(was_training)
-    return {"val_loss": float(np.mean(list(losses.values()))), **losses}
+    answers = table.groupby("positive", sort=False)["id"].agg(set)
+    retrieval = held_out_retrieval(queries[[query_row[t] for t in table["query"]]],
+                                   passages[[passage_row[t] for t in answers.index]],
+                                   table["id"].tolist(), answers.tolist())
+    return {"val_loss": float(np.mean(list(losses.values()))), **losses, **retrieval}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +519,8 @@ class _Run:
     def write_logs(self) -> None:
         if self.rank == 0:
             _write_csv(self.state.train_log, TRAIN_LOG_COLUMNS, self.out_dir / "train_log.csv")
-            val_columns = ["step", "val_loss"] + [f"val_loss_{k}" for k in (self.val_batches or {})]
+            val_columns = (["step", "val_loss"] + [f"val_loss_{k}" for k in (self.val_batches or {})]
+                           + list(VALIDATION_RETRIEVAL_COLUMNS))
             _write_csv(self.state.val_log, val_columns, self.out_dir / "val_log.csv")
 
     # -- steps
@@ -491,11 +528,11 @@ class _Run:
         """Validation loss at ``step``; True if it is the lowest so far (else counts towards early stopping)."""
         if self.val_batches is None:
             return False
-        losses = validation_loss(self.encoder, self.val_table, self.val_batches, self.params.temperature,
-                                 self.params.symmetric_loss)
-        self.state.val_log.append({"step": step, **losses})
-        if self.state.best_val_loss is None or losses["val_loss"] < self.state.best_val_loss:
-            self.state.best_val_loss, self.state.best_step = losses["val_loss"], step
+        values = validation_metrics(self.encoder, self.val_table, self.val_batches, self.params.temperature,
+                                    self.params.symmetric_loss)
+        self.state.val_log.append({"step": step, **values})
+        if self.state.best_val_loss is None or values["val_loss"] < self.state.best_val_loss:
+            self.state.best_val_loss, self.state.best_step = values["val_loss"], step
             self.state.bad_validations = 0
             return True
         self.state.bad_validations += 1

@@ -116,6 +116,53 @@ def test_training_curves_smooth_each_run(tmp_path):
     assert empty.axes[0].texts[0].get_text() == "no fine-tuned model in this study"
 
 
+def test_training_curves_add_held_out_recall_when_logged():
+    log = pd.DataFrame({"step": [1, 2], "loss": [2.0, 1.0], "strategy": "hybrid", "seed": 0})
+    val = pd.DataFrame({"step": [0, 2], "val_loss": [2.0, 1.5], "val_R@10": [0.7, 0.8], "strategy": "hybrid",
+                        "seed": 0})
+    fig = plots.training_curves(log, val)
+    assert len(fig.axes) == 3
+    assert fig.axes[2].lines[0].get_ydata().tolist() == [0.7, 0.8]
+
+
+def test_alpha_sweep_plots_each_alpha_in_order():
+    alphas = {"hybrid-a0": 0.0, "hybrid": 0.5, "hybrid-a1": 1.0}
+    rows = [(name, "xquad-r", setting, metric, 0.5 + alpha / 10, 0.4 + alpha / 10, 0.6 + alpha / 10, 1)
+            for name, alpha in alphas.items() for setting in ("monolingual", "crosslingual", "multilingual")
+            for metric in ("mAP", "rank_distance") if metric == "mAP" or setting == "multilingual"]
+    rows.append(("zero-shot", "xquad-r", "multilingual", "mAP", 0.3, 0.25, 0.35, 1))
+    intervals = pd.DataFrame(rows, columns=["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low",
+                                            "ci_high", "n_seeds"]).assign(model=MODEL)
+    fig = plots.alpha_sweep(intervals.iloc[::-1], alphas)  # rows in any order
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 4  # three settings and the rank distance
+    multilingual = fig.axes[2]
+    assert multilingual.lines[0].get_xdata().tolist() == [0.0, 0.5, 1.0]
+    assert multilingual.lines[0].get_ydata().tolist() == pytest.approx([0.5, 0.55, 0.6])
+    assert list(multilingual.lines[-1].get_ydata()) == [0.3, 0.3]  # the zero-shot line
+
+
+def test_alpha_convergence_averages_seeds_per_alpha():
+    alphas = {"hybrid-a0": 0.0, "hybrid": 0.5}
+    val = pd.DataFrame({"strategy": ["hybrid-a0"] * 4 + ["hybrid"] * 4, "seed": [0, 0, 1, 1] * 2,
+                        "step": [0, 10] * 4, "val_loss": [2.0, 1.0, 2.2, 1.2, 2.0, 0.8, 2.0, 0.6],
+                        "val_R@10": [0.5, 0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9]})
+    fig = plots.alpha_convergence(val, alphas)
+    loss_ax, recall_ax = fig.axes[:2]
+    means = [line for line in loss_ax.lines if line.get_label() in ("0", "0.5")]
+    assert [line.get_ydata().tolist() for line in means] == [pytest.approx([2.1, 1.1]), pytest.approx([2.0, 0.7])]
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["0", "0.5"]
+    assert len(recall_ax.lines) == 6  # two seeds and the mean per alpha
+
+
+def test_hybrid_alphas_of_the_sweep_file():
+    from hybridlib.config import load_params
+    from hybridlib.study import hybrid_alphas
+
+    alphas = hybrid_alphas(load_params("params/alpha-sweep.yaml"))
+    assert list(alphas.values()) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert alphas["hybrid"] == 0.5
+
+
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="lacks column"):
         plots.map_heatmaps(pd.DataFrame({"strategy": ["x-y"]}))

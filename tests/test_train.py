@@ -209,22 +209,64 @@ def test_the_final_model_loads_with_transformers_and_sentence_transformers(tiny_
 def test_hybrid_validates_both_kinds(tiny_model_dir, tmp_path):
     result = train(tiny_params(tiny_model_dir, max_steps=2), "hybrid", 0, tmp_path, progress=False)
     val = pd.read_csv(tmp_path / "val_log.csv")
-    assert list(val.columns) == ["step", "val_loss", "val_loss_x-x-mono", "val_loss_x-y"]
+    assert list(val.columns) == ["step", "val_loss", "val_loss_x-x-mono", "val_loss_x-y", "val_mAP", "val_R@10"]
     assert np.allclose(val["val_loss"], (val["val_loss_x-x-mono"] + val["val_loss_x-y"]) / 2)
     assert result.steps == 2
+
+
+def test_validation_loss_equals_embedding_each_batch_on_its_own(tiny_model_dir):
+    """Embedding each distinct text once gives the loss of embedding every batch separately."""
+    from hybridlib.losses import contrastive_loss
+    from hybridlib.models import DualEncoder
+    from hybridlib.train import load_training_data, validation_batches, validation_metrics
+
+    params = tiny_params(tiny_model_dir)
+    _, table = split_validation(load_training_data(params), params.validation_ids)
+    batches = validation_batches(table, "hybrid", params.batch_size)
+    encoder = DualEncoder.from_params(params)
+    encoder.model.eval()
+    ours = validation_metrics(encoder, table, batches, params.temperature, symmetric=False)
+    with torch.no_grad():
+        for kind, kind_batches in batches.items():
+            losses = []
+            for batch in kind_batches:
+                texts = batch_texts(table, batch)
+                q = embed_in_chunks(encoder, encoder.tokenize(texts.queries, "query"))
+                p = embed_in_chunks(encoder, encoder.tokenize(texts.positives + texts.negatives, "passage"))
+                losses.append(contrastive_loss(q, p[:len(q)], p[len(q):], params.temperature).item())
+            assert ours[f"val_loss_{kind}"] == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_held_out_retrieval_matches_sklearn_and_a_hand_count():
+    from sklearn.metrics import average_precision_score
+
+    from hybridlib.train import held_out_retrieval
+
+    rng = np.random.default_rng(0)
+    queries, answers = torch.from_numpy(rng.normal(size=(30, 8))), torch.from_numpy(rng.normal(size=(25, 8)))
+    query_ids = [f"q{i % 12}" for i in range(30)]
+    answer_ids = [{f"q{i % 12}"} | ({"q0"} if i == 24 else set()) for i in range(25)]  # answer 24 answers two ids
+    result = held_out_retrieval(queries, answers, query_ids, answer_ids, k=10)
+    scores = (queries @ answers.T).numpy()
+    relevant = np.array([[q in ids for ids in answer_ids] for q in query_ids])
+    expected_ap = np.mean([average_precision_score(r, s) for r, s in zip(relevant, scores)])
+    top10 = np.argsort(-scores, axis=1)[:, :10]
+    expected_recall = np.mean([relevant[i, top10[i]].sum() / relevant[i].sum() for i in range(30)])
+    assert result["val_mAP"] == pytest.approx(expected_ap)
+    assert result["val_R@10"] == pytest.approx(expected_recall)
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_model_dir, tmp_path, monkeypatch):
     scripted = iter([2.0, 1.0, 1.5, 1.7, 0.5])  # steps 0, 2, 4, 6 (stop: 2 without progress), never 8
     snapshots = {}
-    real = train_module.validation_loss
+    real = train_module.validation_metrics
 
     def scripted_validation(encoder, *args):
         real(encoder, *args)
         snapshots[len(snapshots)] = {k: v.clone() for k, v in encoder.model.state_dict().items()}
         return {"val_loss": next(scripted), "val_loss_x-y": 0.0}
 
-    monkeypatch.setattr(train_module, "validation_loss", scripted_validation)
+    monkeypatch.setattr(train_module, "validation_metrics", scripted_validation)
     params = tiny_params(tiny_model_dir, max_steps=10, early_stopping_patience=2)
     result = train(params, "x-y", 0, tmp_path, progress=False)
     assert result.steps == 6 and result.best_val_loss == 1.0
@@ -286,3 +328,4 @@ def test_a_short_real_run_lowers_the_validation_loss(tmp_path):
     assert val["step"].tolist() == [0, 6]
     assert val["val_loss"].iloc[1] < val["val_loss"].iloc[0]
     assert result.best_val_loss == val["val_loss"].iloc[1]
+    assert val["val_R@10"].iloc[0] > 0.9  # the pretrained encoder finds most of 32 held-out answers
