@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import platformdirs
 
 from .config import DATASET_LANGUAGES
 from .errors import HybridlibError
+from .io import atomic_path
 
 MIRROR_ENV = "HYBRIDLIB_MIRROR"
 CACHE_ENV = "HYBRIDLIB_CACHE"
@@ -76,18 +76,12 @@ def sha256_of(path: Path) -> str:
 
 
 def _download(url: str, target: Path, sha256: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp_path, "wb") as out:
+    with atomic_path(target) as tmp:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             out.write(response.read())
-        got = sha256_of(tmp_path)
+        got = sha256_of(tmp)
         if got != sha256:
             raise DataError(f"{url}: sha256 {got} does not match the pinned {sha256}; the file was not kept")
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def fetch_file(relpath: str, url: str, sha256: str) -> Path:

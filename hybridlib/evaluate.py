@@ -32,8 +32,6 @@ import gzip
 import hashlib
 import inspect
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ import pandas as pd
 from . import metrics as M
 from .data import LaReQA, cache_dir
 from .errors import HybridlibError
+from .io import atomic_path, write_table  # noqa: F401  (write_table: part of this module's API)
 
 MONO, CROSS, MULTI = "monolingual", "crosslingual", "multilingual"
 SETTINGS = (MONO, CROSS, MULTI)
@@ -161,11 +160,8 @@ def encode_texts(encoder, texts: Sequence[str], kind: str, *, cache: Union[bool,
 
 
 def _save_npy_atomically(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp", delete=False) as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.save adds .npy to names
         np.save(handle, array)
-    os.chmod(handle.name, 0o644)  # mkstemp makes it private; the cache may be shared
-    os.replace(handle.name, path)
 
 
 def candidate_texts(data: LaReQA, candidate_context: bool = False) -> list[str]:
@@ -395,23 +391,6 @@ def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
     if (MULTI, "rank_distance") in wide.columns:
         columns["rank distance"] = wide[(MULTI, "rank_distance")]
     return pd.DataFrame(columns, index=wide.index)
-
-
-def write_table(frame: pd.DataFrame, path: Union[str, Path]) -> Path:
-    """Write a table atomically (temp file + rename): ``.parquet``, ``.csv`` or ``.csv.gz``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        if path.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def evaluate_cli(model: str, dataset: str, out: Optional[str] = None, pooling: Optional[str] = None,

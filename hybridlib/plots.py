@@ -19,7 +19,6 @@ multilingual-e5-small, never "multilingual-e5-small" alone). ``save_figure`` wri
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,6 +30,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .io import atomic_path
 from .stats import STRATEGY_ORDER
 
 SETTING_ORDER = ("monolingual", "crosslingual", "multilingual")
@@ -65,15 +65,13 @@ def model_label(frame: pd.DataFrame) -> str:
 def save_figure(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
     """Write ``fig`` as ``<path_stem>.png`` and ``.pdf`` (each through a temporary file); return the paths."""
     stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
-        tmp = stem.with_name(f".{stem.name}.tmp.{fmt}")
         # a fixed creation date keeps PDFs byte-identical between runs
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
         written.append(target)
     return written
 

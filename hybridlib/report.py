@@ -12,7 +12,6 @@ absolute numbers are not comparable: only the ORDER of the strategies within a c
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .io import write_text
 from .plots import ordered_strategies
 
 # (model, strategy) -> XQuAD-R mono / cross / multi mAP, MLQA-R mono / cross / multi mAP,
@@ -226,15 +226,6 @@ def training_description(params) -> str:
             f"{params.batch_size} pairs, seeds {', '.join(map(str, params.seeds))}")
 
 
-def write_text_atomically(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFrame, intervals: pd.DataFrame,
                  significance: pd.DataFrame, verdicts: pd.DataFrame, figures: Sequence[Path],
                  model: str) -> Path:
@@ -261,7 +252,7 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
         "## Figures",
         *[f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures if Path(f).suffix == ".png"],
     ]
-    return write_text_atomically("\n\n".join(parts) + "\n", run_dir / "report.md")
+    return write_text("\n\n".join(parts) + "\n", run_dir / "report.md")
 
 
 def publish_figures(run_dir, publish_dir) -> list[Path]:

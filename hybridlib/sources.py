@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -25,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .data import MIRROR_ENV, DataError, build_training_pairs, cache_dir, load_lareqa
+from .io import atomic_path
 
 PAIR_COLUMNS = ["id", "lang", "query", "positive", "negatives"]
 LAREQA_SOURCES = ("xquad-r", "mlqa-r")
@@ -107,13 +107,10 @@ def load_jsonl_pairs(path, hard_negatives: int = 1) -> pd.DataFrame:
 def write_jsonl_pairs(pairs: pd.DataFrame, path) -> Path:
     """Write a pairs table in the JSONL format that ``load_jsonl_pairs`` reads (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".part",
-                                     delete=False) as tmp:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for pair_id, lang, query, positive, negatives in pairs[PAIR_COLUMNS].itertuples(index=False):
-            tmp.write(json.dumps({"id": pair_id, "lang": lang, "query": query, "positive": positive,
+            out.write(json.dumps({"id": pair_id, "lang": lang, "query": query, "positive": positive,
                                   "negatives": list(negatives)}, ensure_ascii=False) + "\n")
-    os.replace(tmp.name, path)
     return path
 
 

@@ -11,8 +11,6 @@ and ``<tag>.val.csv`` (02), ``models/<tag>/`` (02, only with ``keep_models``),
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -23,6 +21,7 @@ import pandas as pd
 from .config import DATASET_LANGUAGES, StudyParams, load_params
 from .data import LaReQA, load_lareqa
 from .errors import HybridlibError
+from .io import write_json, write_table
 
 ZERO_SHOT = "zero-shot"
 # MIRACL dev languages (Zhang et al. 2023): monolingual retrieval only.
@@ -112,22 +111,6 @@ def load_eval_data(params: StudyParams, dataset: str) -> LaReQA:
     return load_lareqa(dataset, eval_languages(params, dataset), max_ids=params.eval_max_ids)
 
 
-def write_csv_atomically(frame: pd.DataFrame, path: Path) -> Path:
-    """Write a CSV through a temporary file, so a killed run never leaves half a table."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_parquet_atomically(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------ 01: prepare
 def describe_model(params: StudyParams) -> pd.DataFrame:
     """Build (the default encoder) or locate the model, and describe it from its config: a one-column table."""
@@ -170,9 +153,7 @@ def prepare(params: StudyParams, run_dir: Path) -> pd.DataFrame:
     sizes = pd.DataFrame(rows, columns=["role", "dataset", "lang", "questions", "candidates"])
     sizes["candidates"] = sizes["candidates"].astype("Int64")
     record = {"model": params.model, "sizes": sizes.astype(object).where(sizes.notna(), None).to_dict("records")}
-    tmp = run_dir / "data" / ".prepared.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, run_dir / "data" / "prepared.json")
+    write_json(record, run_dir / "data" / "prepared.json")
     return sizes
 
 
@@ -220,8 +201,8 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
 def _save_part(run_dir: Path, tag: str, metrics: pd.DataFrame, per_query: pd.DataFrame) -> None:
     parts = run_dir / "metrics" / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    _write_parquet_atomically(per_query, parts / f"{tag}.per_query.parquet")
-    write_csv_atomically(metrics, parts / f"{tag}.csv")  # written last: it marks the model done
+    write_table(per_query, parts / f"{tag}.per_query.parquet")
+    write_table(metrics, parts / f"{tag}.csv")  # written last: it marks the model done
 
 
 def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: int,
@@ -295,8 +276,8 @@ def collect_metrics(params: StudyParams, run_dir: Path) -> tuple[pd.DataFrame, p
     metrics = pd.concat([pd.read_csv(parts_dir / f"{t}.csv") for t in present], ignore_index=True)
     per_query = pd.concat([pd.read_parquet(parts_dir / f"{t}.per_query.parquet") for t in present],
                           ignore_index=True)
-    _write_parquet_atomically(per_query, run_dir / "metrics" / "per_query.parquet")
-    write_csv_atomically(metrics, run_dir / "metrics" / "metrics.csv")
+    write_table(per_query, run_dir / "metrics" / "per_query.parquet")
+    write_table(metrics, run_dir / "metrics" / "metrics.csv")
     return metrics, per_query, missing
 
 
@@ -378,7 +359,7 @@ def rank_distance_table(params: StudyParams, metrics: pd.DataFrame, run_dir: Pat
     table = grouped.agg(rank_distance="mean", seed_sd="std", n_seeds="count").reset_index()
     seen = set(train_languages(params))
     table.insert(3, "seen", [("" if l == "all" else "yes" if l in seen else "no") for l in table["query_lang"]])
-    write_csv_atomically(table, run_dir / "metrics" / "rank_distance.csv")
+    write_table(table, run_dir / "metrics" / "rank_distance.csv")
     return table
 
 
@@ -409,7 +390,7 @@ def intervals(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd
 
     table = bootstrap_ci(per_query[per_query["metric"].isin(SIGNIFICANCE_METRICS)],
                          bootstrap_samples=params.bootstrap_samples)
-    write_csv_atomically(table, run_dir / "metrics" / "intervals.csv")
+    write_table(table, run_dir / "metrics" / "intervals.csv")
     return table
 
 
@@ -422,7 +403,7 @@ def significance(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) ->
         table = pd.DataFrame(columns=TEST_COLUMNS)
     else:
         table = paired_tests(rows, bootstrap_samples=params.bootstrap_samples)
-    write_csv_atomically(table, run_dir / "metrics" / "significance.csv")
+    write_table(table, run_dir / "metrics" / "significance.csv")
     return table
 
 
@@ -435,7 +416,7 @@ def claims(significance_table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
                               for c in CLAIMS], columns=["model", "eval_dataset", "claim", "verdict", "reason"])
     else:
         table = claim_verdicts(significance_table)
-    write_csv_atomically(table, run_dir / "metrics" / "claims.csv")
+    write_table(table, run_dir / "metrics" / "claims.csv")
     return table
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -55,6 +54,7 @@ from tqdm.auto import tqdm
 
 from .config import StudyParams
 from .errors import HybridlibError
+from .io import atomic_path, write_json, write_table
 from .losses import batch_loss, contrastive_loss, is_distributed
 from .sampling import NO_ROW, STRATEGIES, Batch, BatchSampler
 
@@ -374,21 +374,12 @@ def run_fingerprint(params: StudyParams, strategy: str, seed: int) -> str:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_csv(rows: list, columns: list, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _write_json(value: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_table(pd.DataFrame(rows, columns=columns), path)
 
 
 def _log_row(step: int, table: pd.DataFrame, batch: Batch, loss: float, lr: float, seconds: float) -> dict:
@@ -622,7 +613,7 @@ def _finish(run: _Run, resumed: bool) -> TrainResult:
     if run.rank == 0:
         run.encoder.save(model_dir)
         run.write_logs()
-        _write_json({"fingerprint": run.fingerprint, "strategy": run.strategy, "seed": run.seed,
+        write_json({"fingerprint": run.fingerprint, "strategy": run.strategy, "seed": run.seed,
                      "steps": run.state.step, "best_step": run.state.best_step,
                      "best_val_loss": run.state.best_val_loss}, run.out_dir / "train_done.json")
         shutil.rmtree(run.checkpoints, ignore_errors=True)
