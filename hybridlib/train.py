@@ -608,6 +608,8 @@ def _loop(run: _Run, on_step: Optional[Callable[[int], None]]) -> None:
 
 def _finish(run: _Run, resumed: bool) -> TrainResult:
     run.restore_best()
+    if run.world > 1:
+        dist.barrier()  # every rank has read best.pt before rank 0 deletes the checkpoints
     model_dir = run.out_dir / "model"
     result = TrainResult(model_dir, run.out_dir / "train_log.csv", run.state.best_val_loss, resumed, run.state.step)
     if run.rank == 0:

@@ -121,3 +121,34 @@ def test_two_processes_give_the_loss_and_gradients_of_one(case, distributed_resu
         for name, grad in reference["grads"].items():
             torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=atol,
                                        msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _train_worker(rank: int, model_dir: str, store: str, out_dir: str) -> None:
+    from hybridlib.config import params_from_dict
+    from hybridlib.train import train
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        params = params_from_dict(dict(
+            model=model_dir, train_dataset="mlqa-r", train_languages=["en", "de"], train_max_ids=40,
+            validation_ids=8, batch_size=4, max_length=16, learning_rate=1e-3, max_steps=4, eval_every=2,
+            device="cpu", precision="fp32"))
+        result = train(params, "hybrid", 0, out_dir, progress=False)
+        torch.save({"steps": result.steps, "best": result.best_val_loss}, f"{out_dir}/result{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_train_to_the_end_and_rank_zero_writes_the_outputs(tiny_model_dir, tmp_path):
+    """train() under a process group: both ranks finish (each reads best.pt before rank 0 deletes
+    the checkpoints), rank 0 writes the model, the logs and train_done.json."""
+    out = tmp_path / "run"
+    mp.spawn(_train_worker, args=(str(tiny_model_dir), str(tmp_path / "store"), str(out)), nprocs=WORLD_SIZE,
+             join=True)
+    results = [torch.load(out / f"result{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+    assert results[0] == results[1] and results[0]["steps"] == 4  # the ranks agree on the validation loss
+    assert (out / "model" / "config.json").is_file() and (out / "train_done.json").is_file()
+    assert len(pd.read_csv(out / "train_log.csv")) == 4
+    assert not (out / "checkpoints").exists()
