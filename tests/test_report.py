@@ -6,6 +6,7 @@ its macro averages (per cell, then ``all``), so the expected numbers can be comp
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -17,6 +18,7 @@ matplotlib.use("Agg")
 from hybridlib import plots, report  # noqa: E402
 from hybridlib.config import StudyParams  # noqa: E402
 
+PARAMS = Path(__file__).resolve().parents[1] / "params"
 LANGS = ("de", "en", "ru")
 STRATEGIES = ("hybrid", "x-y", "zero-shot", "x-x-mono")  # deliberately not in the study's order
 MODEL = "tiny model (synthetic)"
@@ -158,7 +160,7 @@ def test_hybrid_alphas_of_the_sweep_file():
     from hybridlib.config import load_params
     from hybridlib.study import hybrid_alphas
 
-    alphas = hybrid_alphas(load_params("params/alpha-sweep.yaml"))
+    alphas = hybrid_alphas(load_params(PARAMS / "alpha-sweep.yaml"))
     assert list(alphas.values()) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert alphas["hybrid"] == 0.5
 
@@ -344,3 +346,24 @@ def test_train_and_evaluate_runs_a_variant_and_drops_or_keeps_its_weights(tmp_pa
     assert not (tmp_path / "training").exists()
     with pytest.raises(Exception, match="no training run named 'x-y'"):
         study.train_and_evaluate(params, tmp_path, "x-y", 0)
+
+
+def test_alpha_sweep_figures_are_drawn_only_for_a_sweep(tmp_path):
+    from hybridlib import study
+    from hybridlib.config import load_params
+
+    sweep = load_params(PARAMS / "alpha-sweep.yaml")
+    alphas = study.hybrid_alphas(sweep)
+    intervals = pd.DataFrame([(label, "xquad-r", setting, "mAP", 0.5 + alpha / 10, 0.45, 0.65, 3, MODEL)
+                              for label, alpha in alphas.items()
+                              for setting in ("monolingual", "crosslingual", "multilingual")],
+                             columns=["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high",
+                                      "n_seeds", "model"])
+    (tmp_path / "train_log").mkdir()
+    for label, seed in itertools.product(alphas, sweep.seeds):
+        pd.DataFrame({"step": [0, 10], "val_loss": [2.0, 1.0], "val_R@10": [0.7, 0.9]}).to_csv(
+            tmp_path / "train_log" / f"{study.model_tag(label, seed)}.val.csv", index=False)
+    paths = study.alpha_sweep_figures(sweep, intervals, tmp_path)
+    assert sorted(p.name for p in paths) == ["alpha_convergence.pdf", "alpha_convergence.png",
+                                             "alpha_sweep_xquad-r.pdf", "alpha_sweep_xquad-r.png"]
+    assert study.alpha_sweep_figures(load_params(PARAMS / "default.yaml"), intervals, tmp_path) == []
