@@ -10,7 +10,7 @@ The study is the five notebooks of ``notebooks/``; this module only runs them wi
   every step.
 - The first failing notebook stops the run; the error names it and the failing cell, and the
   executed copy with the error is kept. Finished steps are kept.
-- ``publish``: ``05_report`` also copies the figures to the repository's ``figures/`` (and
+- ``publish``: ``05_report`` also copies the figures to the repository's ``figures/<run_name>/`` (and
   always runs). Used for the default study: ``hybridlib run params/default.yaml --publish``.
 """
 from __future__ import annotations
@@ -141,12 +141,12 @@ def run_study(params_path, force: bool = False, runs_dir="runs", only: Optional[
     """Validate the parameter file, then execute the study's notebooks into ``<runs_dir>/<run_name>/``.
 
     ``only``: notebook names to run (others are left alone); ``publish``: copy the figures to
-    the repository's ``figures/``; ``notebooks_dir``: where the notebooks are (tests).
+    the repository's ``figures/<run_name>/``; ``notebooks_dir``: where the notebooks are (tests).
     Raises ``ParamsError`` before any work, ``StepFailed`` at the first failing notebook.
     """
     params = load_params(params_path)
     notebooks_dir = Path(notebooks_dir)
-    steps = study_steps(params, PUBLISH_DIR if publish else None)
+    steps = study_steps(params, PUBLISH_DIR / params.run_name if publish else None)
     missing = sorted({s.notebook for s in steps if not (notebooks_dir / f"{s.notebook}.ipynb").is_file()})
     if missing:
         raise HybridlibError(f"{notebooks_dir}: missing notebook(s) {', '.join(missing)}")

@@ -162,6 +162,7 @@ def write_stubs(folder: Path, failing: str = "") -> Path:
             "    (Path(run_dir) / out).parent.mkdir(parents=True, exist_ok=True)\n"
             "    (Path(run_dir) / out).write_text('done')\n"
             "if publish_dir:\n"
+            "    Path(publish_dir).mkdir(parents=True, exist_ok=True)\n"
             f"    Path(publish_dir, '{name}.png').write_text('figure')")
         cells = [parameters, nbformat.v4.new_code_cell("x = 1")]
         if name == failing:
@@ -215,12 +216,13 @@ def test_publish_passes_the_folder_and_always_runs_the_report(tmp_path, zero_sho
     (tmp_path / "repo_figures").mkdir()
     stubs = write_stubs(tmp_path / "stubs")
     run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs)
-    assert not (tmp_path / "repo_figures" / "05_report.png").exists()
+    published = tmp_path / "repo_figures" / "stub"  # one folder per study (its run_name)
+    assert not published.exists()
     capsys.readouterr()
     run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs, publish=True)
     printed = capsys.readouterr().out
     assert printed.count("done, skipped") == 3 and "05_report: report: tables, significance, figures, publish" in printed
-    assert (tmp_path / "repo_figures" / "05_report.png").is_file()
+    assert (published / "05_report.png").is_file()
 
 
 def test_a_step_is_stale_when_what_it_reads_is_newer(tmp_path):
