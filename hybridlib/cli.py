@@ -73,7 +73,8 @@ def _cmd_evaluate(args) -> None:
 
     evaluate_cli(model=args.model, dataset=args.dataset, out=args.out, pooling=args.pooling,
                  query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
-                 max_length=args.max_length, max_ids=args.max_ids, strategy=args.strategy)
+                 max_length=args.max_length, max_ids=args.max_ids, strategy=args.strategy,
+                 precision=args.precision)
 
 
 def _cmd_run(args) -> None:
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--max-ids", type=int, default=None, help="evaluate on the first N question ids only")
     p.add_argument("--strategy", default="zero-shot", help="label of the strategy column")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision of the encoder (auto: bf16 on CPUs with fast bf16, else fp32)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("run", help="run the whole study (notebooks 01-05) from a parameter file")

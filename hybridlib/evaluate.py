@@ -396,24 +396,25 @@ def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
 def evaluate_cli(model: str, dataset: str, out: Optional[str] = None, pooling: Optional[str] = None,
                  query_prefix: Optional[str] = None, passage_prefix: Optional[str] = None,
                  max_length: Optional[int] = None, max_ids: Optional[int] = None,
-                 strategy: str = "zero-shot", seed: int = 0) -> pd.DataFrame:
+                 strategy: str = "zero-shot", seed: int = 0, precision: str = "auto") -> pd.DataFrame:
     """``hybridlib evaluate``: evaluate a model on XQuAD-R / MLQA-R, print a summary, write ``out``.
 
     ``model``: ``default``, a model folder or a hub name (``DualEncoder``). ``max_ids`` keeps the
-    first question ids only (quick runs). The CSV (tidy, ``METRIC_COLUMNS``) is written atomically.
+    first question ids only (quick runs); ``precision`` is the encoder's (``resolve_precision``).
+    The CSV (tidy, ``METRIC_COLUMNS``) is written atomically.
     """
     from .data import load_lareqa
     from .models import DualEncoder
 
     data = load_lareqa(dataset, max_ids=max_ids)
     encoder = DualEncoder(model, pooling=pooling, query_prefix=query_prefix,
-                          passage_prefix=passage_prefix, max_length=max_length)
+                          passage_prefix=passage_prefix, max_length=max_length, precision=precision)
     started = time.perf_counter()
     metrics = evaluate_lareqa(encoder, data, model=encoder.name, strategy=strategy, seed=seed)
     elapsed = time.perf_counter() - started
     pairs = metrics[(metrics["query_lang"] != ALL) & (metrics["pool_lang"] != ALL)]
     n_settings = pairs.drop_duplicates(["setting", "query_lang", "pool_lang"])["setting"].value_counts()
-    print(f"{encoder.name} on {dataset}: {len(data.questions)} questions, {len(data.candidates)} candidates; "
+    print(f"{encoder.name} ({encoder.precision}) on {dataset}: {len(data.questions)} questions, {len(data.candidates)} candidates; "
           f"{n_settings.get(MONO, 0)} monolingual + {n_settings.get(CROSS, 0)} cross-lingual settings "
           f"+ multilingual ({elapsed:.0f} s)")
     print(summarize(metrics).T.to_string(header=False, float_format="{:.3f}".format))

@@ -252,8 +252,9 @@ def test_cli_evaluate_writes_the_tidy_csv(tiny_model_dir, tmp_path, monkeypatch,
     monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "m.csv"
     assert main(["evaluate", str(tiny_model_dir), "--dataset", "mlqa-r", "--max-ids", "4",
-                 "--strategy", "x-y", "--out", str(out)]) == 0
+                 "--strategy", "x-y", "--precision", "fp32", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert "(fp32) on mlqa-r" in printed
     n_lang = len(load_lareqa("mlqa-r", max_ids=4).languages)
     assert f"{n_lang} monolingual" in printed and "mono mAP" in printed and "rank distance" in printed
     table = pd.read_csv(out)
