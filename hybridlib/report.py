@@ -204,6 +204,24 @@ def interval_table(intervals: pd.DataFrame) -> pd.DataFrame:
     return _in_strategy_order(table.assign(source="")).drop(columns="source")
 
 
+def seen_unseen_table(split: pd.DataFrame) -> pd.DataFrame:
+    """``stats.unseen_language_split`` output as ``interval_table`` rows per (dataset, strategy, languages).
+
+    ``languages`` is ``seen`` or ``unseen``; a cross-lingual cell counts as unseen when its query
+    or its pool language was not trained on.
+    """
+    if split.empty:
+        return pd.DataFrame()
+    labels = split["languages"].replace({"both seen": "seen", "query or pool unseen": "unseen"})
+    tables = [interval_table(split[labels == label]).assign(languages=label)
+              for label in ("seen", "unseen") if (labels == label).any()]
+    table = pd.concat(tables, ignore_index=True)
+    rank = {s: i for i, s in enumerate(ordered_strategies(table["strategy"].unique()))}
+    table = table.assign(_order=table["strategy"].map(rank)).sort_values(["eval_dataset", "_order", "languages"])
+    metrics = [c for c in COLUMNS.values() if c in table.columns]
+    return table[["eval_dataset", "strategy", "languages", *metrics]].reset_index(drop=True)
+
+
 def significance_table(significance: pd.DataFrame) -> pd.DataFrame:
     """The columns of ``stats.paired_tests`` output a reader needs, differences with their intervals."""
     digits = np.where(significance["metric"] == "rank_distance", 1, 3)
@@ -228,8 +246,11 @@ def training_description(params) -> str:
 
 def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFrame, intervals: pd.DataFrame,
                  significance: pd.DataFrame, verdicts: pd.DataFrame, figures: Sequence[Path],
-                 model: str) -> Path:
-    """Write ``<run_dir>/report.md``: the tables as markdown and links to the PNG figures."""
+                 model: str, seen_unseen: Optional[pd.DataFrame] = None) -> Path:
+    """Write ``<run_dir>/report.md``: the tables as markdown and links to the PNG figures.
+
+    ``seen_unseen``: ``seen_unseen_table`` output, shown when given and not empty.
+    """
     run_dir = Path(run_dir)
     note = PAPER_NOTE.format(model=model, training=training_description(params))
     pools = f"first {params.eval_max_ids} question ids" if params.eval_max_ids else "full pools"
@@ -248,6 +269,8 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
         "## Paired tests (sign-flip randomisation over question ids)",
         "All pairs of strategies; `metrics/significance.csv` has every column.",
         markdown_table(significance_table(significance)) if not significance.empty else "(no pairs to test)",
+        *(["## Languages seen and unseen in training (95% bootstrap intervals)",
+            markdown_table(seen_unseen)] if seen_unseen is not None and not seen_unseen.empty else []),
         "## The paper's claims", markdown_table(verdicts),
         "## Figures",
         *[f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures if Path(f).suffix == ".png"],

@@ -375,12 +375,21 @@ def rank_distance_wide(table: pd.DataFrame) -> pd.DataFrame:
                            if i.name == "query_lang" else i, sort_remaining=False)
 
 
-def seen_unseen(params: StudyParams, per_query: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """``stats.unseen_language_split`` for one metric: languages trained on vs. not, with intervals."""
+def seen_unseen(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """``stats.unseen_language_split`` of mAP and rank distance: languages trained on vs. not, with
+    95% intervals; writes ``metrics/seen_unseen.csv`` (``report.seen_unseen_table`` shows it)."""
     from .stats import unseen_language_split
 
-    rows = per_query[per_query["metric"] == metric]
-    return unseen_language_split(rows, train_languages(params), bootstrap_samples=params.bootstrap_samples)
+    rows = per_query[per_query["metric"].isin(SIGNIFICANCE_METRICS)]
+    table = unseen_language_split(rows, train_languages(params), bootstrap_samples=params.bootstrap_samples)
+    write_table(table, run_dir / "metrics" / "seen_unseen.csv")
+    return table
+
+
+def load_seen_unseen(run_dir: Path) -> pd.DataFrame:
+    """``metrics/seen_unseen.csv`` written by ``seen_unseen`` (notebook 04), or an empty frame."""
+    path = Path(run_dir) / "metrics" / "seen_unseen.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
 # ------------------------------------------------------------------------------------- 05: report

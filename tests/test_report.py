@@ -367,3 +367,21 @@ def test_alpha_sweep_figures_are_drawn_only_for_a_sweep(tmp_path):
     assert sorted(p.name for p in paths) == ["alpha_convergence.pdf", "alpha_convergence.png",
                                              "alpha_sweep_xquad-r.pdf", "alpha_sweep_xquad-r.png"]
     assert study.alpha_sweep_figures(load_params(PARAMS / "default.yaml"), intervals, tmp_path) == []
+
+
+def test_seen_unseen_table_has_a_row_per_strategy_and_split(tmp_path):
+    from hybridlib import study
+    from hybridlib.config import params_from_dict
+
+    params = params_from_dict({"train_languages": ["de", "en"], "bootstrap_samples": 50})
+    split = study.seen_unseen(params, per_query_frame(), tmp_path)
+    assert (tmp_path / "metrics" / "seen_unseen.csv").is_file()
+    table = report.seen_unseen_table(study.load_seen_unseen(tmp_path))
+    assert table.columns.tolist() == ["eval_dataset", "strategy", "languages", "mono mAP", "cross mAP",
+                                      "multi mAP", "rank distance"]
+    assert table["strategy"].tolist() == [s for s in ("zero-shot", "x-x-mono", "x-y", "hybrid") for _ in range(2)]
+    assert table["languages"].tolist() == ["seen", "unseen"] * 4
+    zero_seen = split[(split.strategy == "zero-shot") & (split.setting == "monolingual") & (split.languages == "seen")]
+    assert zero_seen["mean"].iloc[0] == pytest.approx(0.50, abs=0.01)  # LEVELS: zero-shot mono mAP 0.50
+    assert table.loc[0, "mono mAP"].startswith(f"{zero_seen['mean'].iloc[0]:.3f} [")
+    assert report.seen_unseen_table(study.load_seen_unseen(tmp_path / "none")).empty
