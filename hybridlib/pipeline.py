@@ -67,7 +67,8 @@ def study_steps(params: StudyParams, publish_dir: Optional[Path] = None) -> list
     steps += [
         Step("03_evaluate", "evaluate (zero-shot) and collect metrics", outputs=("metrics/metrics.csv",),
              reads=("02_train",)),
-        Step("04_language_bias", "language bias (rank distance)", outputs=("metrics/rank_distance.csv",),
+        Step("04_language_bias", "language bias (rank distance)",
+             outputs=("metrics/rank_distance.csv", "metrics/seen_unseen.csv"),
              reads=("03_evaluate",)),
         Step("05_report", "report: tables, significance, figures" + (", publish figures" if publish_dir else ""),
              report_parameters, outputs=("report.md", "metrics/significance.csv"),

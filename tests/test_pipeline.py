@@ -146,7 +146,7 @@ def test_missing_model_folder_stops_in_01_naming_the_cell(tmp_path):
 
 # ---------------------------------------------------------------------- the rules, on stub notebooks
 STUB_OUTPUTS = {"01_prepare_data": ["data/prepared.json"], "03_evaluate": ["metrics/metrics.csv"],
-                "04_language_bias": ["metrics/rank_distance.csv"],
+                "04_language_bias": ["metrics/rank_distance.csv", "metrics/seen_unseen.csv"],
                 "05_report": ["report.md", "metrics/significance.csv"]}
 
 
