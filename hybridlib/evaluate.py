@@ -14,11 +14,11 @@ sharing its ``id`` in language Y; in the multilingual pool, those of every langu
   macro-averaged over settings; multilingual per query language, then over query languages.
 
 Speed: each text set is encoded once per model (cached on disk); the scores of one query
-language against all candidates come from one matrix product, and the ranks of the relevant
-candidates in every pool from counting, per pool (a column slice), the candidates that score
-at least as high. All 11 + 110 + 1 XQuAD-R settings take 2-4 s from embeddings on two CPU
-cores, half of it the matrix products: ~200-400x faster than a per-query sklearn loop
-(``benchmarks/bench_metrics.py``).
+language against all candidates come from one matrix product; a relevant candidate's rank in
+its own pool is counted by comparison, its rank among all candidates by sorting the row and a
+binary search (``metrics.ranks_per_pool``). All 11 + 110 + 1 XQuAD-R settings take about 1 s
+from embeddings on two CPU cores, half of it the matrix products: ~300x faster than a
+per-query sklearn loop (``benchmarks/bench_metrics.py``).
 
 >>> from hybridlib.data import load_lareqa
 >>> from hybridlib.models import DualEncoder
@@ -245,8 +245,8 @@ def lareqa_ranks(embeddings: PoolEmbeddings, data: LaReQA) -> Iterator[_Ranked]:
 
     Candidates are ordered by language so that each pool is a column slice; for each query
     language the scores against all candidates come from one matrix product, and
-    ``metrics.count_at_least`` counts, per pool, the candidates scoring at least as high as each
-    relevant one. Yields the monolingual, cross-lingual and multilingual settings.
+    ``metrics.ranks_per_pool`` ranks each relevant candidate within its pool (mono- and
+    cross-lingual) and among all candidates (multilingual). Yields every setting.
     """
     languages = sorted(set(data.questions["lang"]) | set(data.candidates["lang"]))
     cand_lang = pd.Categorical(data.candidates["lang"], categories=languages).codes
@@ -257,31 +257,44 @@ def lareqa_ranks(embeddings: PoolEmbeddings, data: LaReQA) -> Iterator[_Ranked]:
     candidates = embeddings.candidates[order]
     answers = _answer_table(data, languages, position)  # (questions, languages)
     query_lang = data.questions["lang"].to_numpy()
+    # one score buffer for every block: fresh 60-130 MB arrays cost page faults on each product
+    scores = np.empty((_block_rows(len(candidates)), len(candidates)), dtype=np.float32)
     for x, lang in enumerate(languages):
         rows = np.flatnonzero(query_lang == lang)
         if len(rows) == 0:
             continue
-        counts = np.concatenate([_count_block(embeddings.queries[block], candidates, answers[block], bounds)
-                                 for block in _row_blocks(rows, len(candidates))])
+        ranked = [_rank_block(embeddings.queries[block], candidates, answers[block], bounds, scores)
+                  for block in _row_blocks(rows, len(candidates))]
+        within, overall = (np.concatenate(part) for part in zip(*ranked))
         relevant = answers[rows]
         for y, pool in enumerate(languages):
             keep = relevant[:, y] >= 0
             if keep.any():
-                yield _Ranked(MONO if x == y else CROSS, lang, pool, rows[keep], counts[keep, y, y][:, None])
-        yield _Ranked(MULTI, lang, ALL, rows, np.where(relevant >= 0, counts.sum(axis=2), M.NO_RANK))
+                yield _Ranked(MONO if x == y else CROSS, lang, pool, rows[keep], within[keep, y][:, None])
+        yield _Ranked(MULTI, lang, ALL, rows, overall)
+
+
+def _block_rows(width: int) -> int:
+    return max(1, _SCORE_BLOCK // max(1, width))
 
 
 def _row_blocks(rows: np.ndarray, width: int) -> list[np.ndarray]:
-    size = max(1, _SCORE_BLOCK // max(1, width))
+    size = _block_rows(width)
     return [rows[start:start + size] for start in range(0, len(rows), size)]
 
 
-def _count_block(queries: np.ndarray, candidates: np.ndarray, relevant: np.ndarray, bounds) -> np.ndarray:
-    """counts[q, j, p]: candidates of pool p scoring >= query q's relevant candidate j."""
-    scores = queries @ candidates.T
-    present = relevant >= 0
-    own = np.take_along_axis(scores, np.where(present, relevant, 0), axis=1)
-    return M.count_at_least(scores, np.where(present, own, np.inf), bounds)
+def _rank_block(queries: np.ndarray, candidates: np.ndarray, relevant: np.ndarray, bounds,
+                buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``metrics.ranks_per_pool`` of a block of queries: (within-pool ranks, overall ranks).
+
+    The scores are written into ``buffer`` (at least ``len(queries)`` rows) by torch's matrix
+    product: numpy's OpenBLAS threads keep spinning after it and slow the ranking by 1.6x.
+    """
+    import torch
+
+    scores = buffer[:len(queries)]
+    torch.mm(torch.from_numpy(queries), torch.from_numpy(candidates).T, out=torch.from_numpy(scores))
+    return M.ranks_per_pool(scores, relevant, bounds, overwrite=True)
 
 
 def _query_metrics(ranks: np.ndarray, multilingual: bool) -> dict[str, np.ndarray]:
@@ -338,7 +351,26 @@ def aggregate(per_query: pd.DataFrame) -> pd.DataFrame:
     ``query_lang=all, pool_lang=all``. Columns ``METRIC_COLUMNS``.
     """
     group = list(KEYS) + ["setting", "query_lang", "pool_lang", "metric"]
-    pairs = per_query.groupby(group, observed=True, sort=False)["value"].mean().reset_index()
+    return _with_macro_averages(per_query.groupby(group, observed=True, sort=False)["value"].mean().reset_index())
+
+
+def _pair_means_of_runs(per_query: pd.DataFrame) -> pd.DataFrame:
+    """``aggregate``'s first step for a table whose (setting, query_lang, pool_lang, metric)
+    groups are contiguous runs of rows with one set of KEYS, as ``evaluate_lareqa`` builds it:
+    the means of the runs (NaN skipped, as pandas does), without a groupby (10x faster)."""
+    codes = np.stack([per_query[c].cat.codes.to_numpy() for c in ("setting", "query_lang", "pool_lang", "metric")])
+    starts = np.flatnonzero(np.concatenate([[True], (codes[:, 1:] != codes[:, :-1]).any(axis=0)]))
+    values = per_query["value"].to_numpy(dtype=float)
+    known = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (np.add.reduceat(np.where(known, values, 0.0), starts)
+                 / np.add.reduceat(known.astype(np.int64), starts))
+    pairs = per_query.iloc[starts][list(KEYS) + ["setting", "query_lang", "pool_lang", "metric"]]
+    return pairs.assign(value=means).reset_index(drop=True)
+
+
+def _with_macro_averages(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per-pair means -> the tidy table: the pairs, then each setting's macro average, sorted."""
     outer = list(KEYS) + ["setting", "metric"]
     macro = pairs.groupby(outer, observed=True, sort=False)["value"].mean().reset_index()
     macro["query_lang"], macro["pool_lang"] = ALL, ALL
@@ -374,7 +406,7 @@ def evaluate_lareqa(encoder_or_embeddings, data: LaReQA, *, model: Optional[str]
     embeddings = _as_embeddings(encoder_or_embeddings, data, cache=cache, candidate_context=candidate_context,
                                 batch_size=batch_size, progress=progress)
     queries = _with_keys(lareqa_per_query(embeddings, data), str(model), strategy, seed, data.name)
-    table = aggregate(queries)
+    table = _with_macro_averages(_pair_means_of_runs(queries))  # = aggregate(queries), faster
     return (table, queries[list(PER_QUERY_COLUMNS)]) if per_query else table
 
 

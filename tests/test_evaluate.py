@@ -18,7 +18,7 @@ from hybridlib.cli import main
 from hybridlib.data import LaReQA, load_lareqa
 from hybridlib.errors import HybridlibError
 from hybridlib.evaluate import (ALL, CROSS, METRIC_COLUMNS, MONO, MULTI, PER_QUERY_COLUMNS, EvaluationError,
-                                PoolEmbeddings, encode_pools, evaluate_beir, evaluate_lareqa, load_beir,
+                                PoolEmbeddings, aggregate, encode_pools, evaluate_beir, evaluate_lareqa, load_beir,
                                 model_fingerprint, summarize, write_table)
 
 
@@ -327,3 +327,11 @@ def test_beir_input_errors(tmp_path):
     (folder / "qrels" / "test.tsv").unlink()
     with pytest.raises(EvaluationError, match="test.tsv: missing"):
         load_beir(folder)
+
+
+def test_evaluate_lareqa_table_equals_aggregate_of_its_per_query_table():
+    data = load_lareqa("mlqa-r", max_ids=40)
+    rng = np.random.default_rng(3)
+    embeddings = (rng.standard_normal((len(data.questions), 8)), rng.standard_normal((len(data.candidates), 8)))
+    table, queries = evaluate_lareqa(embeddings, data, model="m", per_query=True)
+    pd.testing.assert_frame_equal(table, aggregate(queries), check_exact=False, rtol=1e-12)

@@ -9,8 +9,8 @@ import pytrec_eval
 from sklearn.metrics import average_precision_score
 
 from hybridlib.metrics import (NO_RANK, average_precision_from_ranks, count_at_least, ndcg_at_k,
-                               positions_from_ranks, rank_distance, ranks_of, recall_at_k,
-                               relevant_ranks)
+                               positions_from_ranks, rank_distance, ranks_of, ranks_per_pool,
+                               recall_at_k, relevant_ranks)
 
 
 def random_run(seed, n_queries=60, n_candidates=40, max_relevant=6, tie_levels=None):
@@ -116,15 +116,43 @@ def test_rows_without_relevant_are_nan_and_padding_is_ignored():
     assert ndcg_at_k(ranks, 10)[1:].tolist() == pytest.approx([1.0, 1 / np.log2(3)])
 
 
-def test_count_at_least_matches_brute_force_per_pool():
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_count_at_least_matches_brute_force(workers, overwrite):
     rng = np.random.default_rng(4)
-    scores = rng.integers(0, 9, size=(37, 50)).astype(np.float32)
-    thresholds = rng.integers(0, 10, size=(37, 4)).astype(np.float32)
+    scores = rng.integers(0, 9, size=(37, 50)).astype(np.float32)  # many ties
+    thresholds = rng.integers(-1, 11, size=(37, 4)).astype(np.float32)
+    thresholds[0, 0] = np.inf
+    brute = (scores[:, None, :] >= thresholds[:, :, None]).sum(-1)
+    kept = scores.copy()
+    counts = count_at_least(scores, thresholds, workers=workers, overwrite=overwrite)
+    np.testing.assert_array_equal(counts, brute)
+    assert np.array_equal(scores, kept) != overwrite  # sorted in place only when asked
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ranks_per_pool_match_brute_force(workers):
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 6, size=(41, 50)).astype(np.float32)
     bounds = [0, 7, 7, 30, 50]  # includes an empty pool
-    counts = count_at_least(scores, thresholds, bounds)
+    relevant = np.full((41, 4), -1)
     for p, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        brute = (scores[:, None, lo:hi] >= thresholds[:, :, None]).sum(-1)
-        np.testing.assert_array_equal(counts[:, :, p], brute)
+        if hi > lo:
+            relevant[:, p] = np.where(rng.random(41) < 0.8, rng.integers(lo, hi, 41), -1)
+    within, overall = ranks_per_pool(scores, relevant, bounds, workers=workers)
+    for q in range(41):
+        for p, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if relevant[q, p] < 0:
+                assert within[q, p] == overall[q, p] == NO_RANK
+                continue
+            own = scores[q, relevant[q, p]]
+            assert within[q, p] == (scores[q, lo:hi] >= own).sum()
+            assert overall[q, p] == (scores[q] >= own).sum()
+
+
+def test_ranks_per_pool_rejects_a_relevant_candidate_outside_its_pool():
+    with pytest.raises(ValueError, match="pool p"):
+        ranks_per_pool(np.zeros((1, 4)), np.array([[3, 1]]), [0, 2, 4])
 
 
 def test_ranks_of_uses_minus_one_as_padding():

@@ -259,6 +259,22 @@ def test_bf16_encode_still_returns_normalised_float32(tiny_encoder):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_bf16_encode_runs_a_cast_copy_and_leaves_the_model_alone(tiny_encoder):
+    fp32 = tiny_encoder.encode(TEXTS, "passage", progress=False)
+    tiny_encoder.precision = "bf16"
+    tiny_encoder.model.train()
+    got = tiny_encoder.encode(TEXTS, "passage", progress=False, batch_size=len(TEXTS), max_batch_tokens=None)
+    assert tiny_encoder.model.training
+    assert {p.dtype for p in tiny_encoder.model.parameters()} == {torch.float32}
+    tiny_encoder.model.eval()
+    with torch.inference_mode(), tiny_encoder.autocast():  # autocast alone: the same arithmetic
+        batch = tiny_encoder._padded(tiny_encoder.tokenizer(tiny_encoder._prefixed(TEXTS, "passage"))["input_ids"])
+        autocast_only = tiny_encoder.embed_tokens(batch).numpy()
+    np.testing.assert_allclose(got, autocast_only, atol=1e-6)
+    assert (got * fp32).sum(axis=1).min() > 0.999
+    assert np.abs(got - fp32).max() > 0  # it did run in bf16
+
+
 def test_embed_is_differentiable_and_equals_encode(tiny_encoder):
     embedded = tiny_encoder.embed(TEXTS, "passage")
     assert embedded.requires_grad and embedded.dtype == torch.float32
