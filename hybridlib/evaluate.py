@@ -310,15 +310,23 @@ def lareqa_per_query(embeddings: PoolEmbeddings, data: LaReQA) -> pd.DataFrame:
     metric, value`` (categoricals), one row per (setting, query, metric)."""
     settings, qlangs, plangs, rows, metric_codes, values = [], [], [], [], [], []
     languages = sorted(set(data.questions["lang"]) | set(data.candidates["lang"])) + [ALL]
-    for ranked in lareqa_ranks(embeddings, data):
-        for metric, value in _query_metrics(ranked.ranks, ranked.setting == MULTI).items():
-            n = len(value)
-            settings.append(np.full(n, SETTINGS.index(ranked.setting), dtype=np.int8))
-            qlangs.append(np.full(n, languages.index(ranked.query_lang), dtype=np.int8))
-            plangs.append(np.full(n, languages.index(ranked.pool_lang), dtype=np.int8))
-            rows.append(ranked.rows)
-            metric_codes.append(np.full(n, METRICS.index(metric), dtype=np.int8))
-            values.append(value)
+    ranked_all = list(lareqa_ranks(embeddings, data))
+    for multilingual in (False, True):  # the metrics of all settings of a kind in one call each
+        group = [r for r in ranked_all if (r.setting == MULTI) == multilingual]
+        if not group:
+            continue
+        width = max(r.ranks.shape[1] for r in group)
+        ranks = np.concatenate([np.pad(r.ranks, ((0, 0), (0, width - r.ranks.shape[1]))) for r in group])
+        split = np.cumsum([len(r.rows) for r in group])[:-1]
+        for metric, value in _query_metrics(ranks, multilingual).items():
+            for ranked, part in zip(group, np.split(value, split)):
+                n = len(part)
+                settings.append(np.full(n, SETTINGS.index(ranked.setting), dtype=np.int8))
+                qlangs.append(np.full(n, languages.index(ranked.query_lang), dtype=np.int8))
+                plangs.append(np.full(n, languages.index(ranked.pool_lang), dtype=np.int8))
+                rows.append(ranked.rows)
+                metric_codes.append(np.full(n, METRICS.index(metric), dtype=np.int8))
+                values.append(part)
     id_code, ids = pd.factorize(data.questions["id"])
     rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     return pd.DataFrame({
