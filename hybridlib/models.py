@@ -541,7 +541,8 @@ class DualEncoder:
         """Embed ``texts`` for retrieval: float32 array (len(texts), dim), L2-normalised, input order.
 
         Texts are tokenized once, sorted by token count and run in batches of similar length
-        (little padding) under ``torch.inference_mode`` and the encoder's autocast precision.
+        (little padding) under ``torch.inference_mode`` and the encoder's autocast precision
+        (in bf16/fp16 on a copy with its linear weights cast once: ``_inference_model``).
         A batch holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens
         (``auto``: 1024 per thread on the CPU, no limit on GPUs; ``None``: no limit).
         """

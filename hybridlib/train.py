@@ -304,7 +304,11 @@ def held_out_retrieval(queries: torch.Tensor, answers: torch.Tensor, query_ids, 
     """
     from .metrics import average_precision_from_ranks, recall_at_k, relevant_ranks
 
-    relevant = np.array([[qid in ids for ids in answer_ids] for qid in query_ids], dtype=bool)
+    column = {qid: c for c, qid in enumerate(dict.fromkeys(query_ids))}
+    answers_id = np.zeros((len(answer_ids), len(column)), dtype=bool)  # answer a answers id c
+    for a, ids in enumerate(answer_ids):
+        answers_id[a, [column[qid] for qid in ids if qid in column]] = True
+    relevant = answers_id[:, [column[qid] for qid in query_ids]].T
     scores = (queries.float() @ answers.float().T).cpu().numpy()
     ranks = relevant_ranks(scores, relevant)
     return {"val_mAP": float(np.mean(average_precision_from_ranks(ranks))),
