@@ -437,11 +437,12 @@ def hybrid_alphas(params: StudyParams) -> dict:
 
 def alpha_sweep_figures(params: StudyParams, intervals_table: pd.DataFrame, run_dir: Path) -> list[Path]:
     """The alpha-sweep figures (``plots.alpha_sweep`` per dataset, ``plots.alpha_convergence``) in
-    ``figures/``, when the study trains hybrid batches at two alphas or more; else none."""
+    ``figures/``, when the study trains hybrid batches at two alphas or more; else none (an
+    ablation's hybrid variants share one alpha)."""
     from .plots import alpha_convergence, alpha_sweep, save_figure
 
     alphas = hybrid_alphas(params)
-    if len(alphas) < 2:
+    if len(set(alphas.values())) < 2:
         return []
     paths = []
     for dataset in lareqa_datasets(params):

@@ -367,6 +367,9 @@ def test_alpha_sweep_figures_are_drawn_only_for_a_sweep(tmp_path):
     assert sorted(p.name for p in paths) == ["alpha_convergence.pdf", "alpha_convergence.png",
                                              "alpha_sweep_xquad-r.pdf", "alpha_sweep_xquad-r.png"]
     assert study.alpha_sweep_figures(load_params(PARAMS / "default.yaml"), intervals, tmp_path) == []
+    ablation = load_params(PARAMS / "ablation.yaml")  # three hybrid runs, all at alpha 0.5
+    assert len(study.hybrid_alphas(ablation)) == 3
+    assert study.alpha_sweep_figures(ablation, intervals, tmp_path) == []
 
 
 def test_seen_unseen_table_has_a_row_per_strategy_and_split(tmp_path):
