@@ -2,8 +2,9 @@
 
 A retrieval run over a pool of N candidates needs, per query, only the ranks of its relevant
 candidates to give average precision, recall@k, nDCG@k and the rank distance, not the ranked
-list (``count_at_least`` / ``ranks_per_pool`` find those ranks). Every metric here takes ``ranks``, an int array ``(n_queries, k)``: row q holds the ranks of
-query q's relevant candidates, padded with ``NO_RANK`` (0) where a query has fewer than k.
+list (``count_at_least`` and ``ranks_per_pool`` find those ranks). Every metric here takes
+``ranks``, an int array ``(n_queries, k)``: row q holds the ranks of query q's relevant
+candidates, padded with ``NO_RANK`` (0) where a query has fewer than k.
 
 **Ties** (identical scores, e.g. duplicate sentences) are handled pessimistically, the way
 sklearn's ``average_precision_score`` does:
@@ -30,6 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 NO_RANK = 0  # padding in a ranks array: "no relevant candidate in this slot"
+
 
 def count_at_least(scores: np.ndarray, thresholds: np.ndarray, *, workers: Optional[int] = None,
                    overwrite: bool = False) -> np.ndarray:
