@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Offline machines: point HYBRIDLIB_MIRROR at a folder laid out like ../shared/data.
 export HYBRIDLIB_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: setup reproduce smoke test check-params clean
+.PHONY: setup reproduce smoke test lint check-params clean
 
 setup: $(STAMP)
 
@@ -29,9 +29,12 @@ reproduce: setup
 smoke: setup
 	$(BIN)/hybridlib run params/smoke.yaml
 
-## Every test: unit tests, the notebooks under nbval, the smoke pipeline end to end.
-test: setup
+## Every test: the linter, unit tests, the notebooks under nbval, the smoke pipeline end to end.
+test: lint
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
 
 check-params: setup
 	for f in params/*.yaml; do $(BIN)/hybridlib check $$f || exit 1; done

@@ -16,6 +16,7 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .constants import BATCH_STRATEGIES, STRATEGIES, ZERO_SHOT
 from .errors import HybridlibError
 
 DATASET_LANGUAGES = {
@@ -25,7 +26,6 @@ DATASET_LANGUAGES = {
 # Languages of the paper's training data and mMARCO (the paper-scale configurations).
 PAPER_LANGUAGES = ("en", "ar", "zh", "de", "es", "ru", "th", "tr", "hi")
 KNOWN_LANGUAGES = tuple(sorted({l for ls in DATASET_LANGUAGES.values() for l in ls} | set(PAPER_LANGUAGES)))
-STRATEGIES = ("zero-shot", "x-x-mono", "x-y", "hybrid", "x-x", "en-en")
 TRAIN_SOURCES = ("xquad-r", "mlqa-r", "mmarco")
 EVAL_DATASETS = ("xquad-r", "mlqa-r", "miracl")
 
@@ -64,8 +64,8 @@ class Variant(BaseModel):
     @field_validator("strategy")
     @classmethod
     def _trainable_strategy(cls, value):
-        if value not in STRATEGIES or value == "zero-shot":
-            raise ValueError(f"unknown strategy {value!r} (expected one of {', '.join(STRATEGIES[1:])})")
+        if value not in BATCH_STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r} (expected one of {', '.join(BATCH_STRATEGIES)})")
         return value
 
     @field_validator("name")
@@ -200,6 +200,15 @@ class StudyParams(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _evaluation_is_zero_shot(self):
+        trained_on = set(self.train_sources) & set(self.eval_datasets)
+        if trained_on and self.trained_strategies:
+            name = sorted(trained_on)[0]
+            raise ValueError(f"train_dataset, eval_datasets: both name {name!r}; the evaluation must be "
+                             f"zero-shot (train on another dataset, or evaluate only zero-shot)")
+        return self
+
+    @model_validator(mode="after")
     def _unique_run_names(self):
         names = self.trained_strategies + [v.name for v in self.variants]
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -217,7 +226,7 @@ class StudyParams(BaseModel):
     @property
     def trained_strategies(self) -> list[str]:
         """The strategies that fine-tune a model (all but ``zero-shot``)."""
-        return [s for s in self.strategies if s != "zero-shot"]
+        return [s for s in self.strategies if s != ZERO_SHOT]
 
     def training_runs(self) -> list[tuple[str, str, "StudyParams"]]:
         """Every fine-tuning run as ``(label, strategy, params)``: the trained strategies, then the

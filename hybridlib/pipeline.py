@@ -15,6 +15,7 @@ The study is the five notebooks of ``notebooks/``; this module only runs them wi
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from .study import model_tag, training_labels
 REPO_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"
 PUBLISH_DIR = REPO_DIR / "figures"
+
+log = logging.getLogger(__name__)
 
 
 class StepFailed(HybridlibError):
@@ -154,16 +157,15 @@ def run_study(params_path, force: bool = False, runs_dir="runs", only: Optional[
     run_dir = prepare_run_dir(params, Path(runs_dir), force)
     selected = [s for s in steps if not only or s.notebook in only]
     started = time.perf_counter()
-    print(f"study {params.run_name}: {len(selected)} steps into {run_dir}", flush=True)
+    log.info("study %s: %d steps into %s", params.run_name, len(selected), run_dir)
     for number, step in enumerate(selected, 1):
         head = f"[{number}/{len(selected)}] {step.notebook}: {step.label}"
         if not force and is_done(step, steps, run_dir):
-            print(f"{head}: done, skipped (--force re-runs it)", flush=True)
+            log.info("%s: done, skipped (--force re-runs it)", head)
             continue
-        print(f"{head} ...", flush=True)
+        log.info("%s ...", head)
         step_started = time.perf_counter()
         execute_step(step, run_dir, (run_dir / "params.yaml").resolve(), notebooks_dir)
-        print(f"{head}: finished in {time.perf_counter() - step_started:.0f} s", flush=True)
-    print(f"study {params.run_name} finished in {(time.perf_counter() - started) / 60:.1f} min: {run_dir}",
-          flush=True)
+        log.info("%s: finished in %.0f s", head, time.perf_counter() - step_started)
+    log.info("study %s finished in %.1f min: %s", params.run_name, (time.perf_counter() - started) / 60, run_dir)
     return run_dir

@@ -10,7 +10,7 @@
 - ``alpha_sweep``: final mono / cross / multilingual mAP and rank distance against hybrid's alpha;
 - ``alpha_convergence``: validation loss and held-out R@10 against the step, one colour per alpha.
 
-Strategies always appear in ``STRATEGY_ORDER`` with the colours of ``STRATEGY_COLORS``; titles
+Strategies always appear in ``constants.STRATEGIES`` with the colours of ``STRATEGY_COLORS``; titles
 name the model as the metrics table does (the default model is a dequantized 4-bit copy of
 multilingual-e5-small, never "multilingual-e5-small" alone). ``save_figure`` writes PNG + PDF.
 
@@ -30,22 +30,15 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .constants import MULTI, RANK_DISTANCE, SETTINGS, VALIDATION_RETRIEVAL_COLUMNS, ordered_strategies
 from .io import atomic_path
-from .stats import STRATEGY_ORDER
 
-SETTING_ORDER = ("monolingual", "crosslingual", "multilingual")
 SETTING_LABELS = {"monolingual": "monolingual X→X", "crosslingual": "cross-lingual X→Y",
                   "multilingual": "multilingual X→all"}
-VAL_RECALL = "val_R@10"  # the held-out retrieval column of the validation log (hybridlib.train)
+VAL_RECALL = VALIDATION_RETRIEVAL_COLUMNS[1]  # held-out R@10 of the validation log (hybridlib.train)
 _PALETTE = sns.color_palette("colorblind", 10)
 STRATEGY_COLORS = {"zero-shot": _PALETTE[7], "x-x-mono": _PALETTE[0], "x-y": _PALETTE[1],
                    "hybrid": _PALETTE[2], "x-x": _PALETTE[4], "en-en": _PALETTE[5]}
-
-
-def ordered_strategies(strategies: Sequence[str]) -> list[str]:
-    """The distinct strategies in the study's order (unknown names last, alphabetically)."""
-    rank = {name: i for i, name in enumerate(STRATEGY_ORDER)}
-    return sorted(set(strategies), key=lambda s: (rank.get(s, len(rank)), s))
 
 
 def strategy_palette(strategies: Sequence[str]) -> dict:
@@ -150,7 +143,7 @@ def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, me
     _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
                    "interval table")
     data, eval_dataset = _one_dataset(intervals[intervals["metric"] == metric], eval_dataset)
-    settings = [s for s in SETTING_ORDER if s in set(data["setting"])]
+    settings = [s for s in SETTINGS if s in set(data["setting"])]
     strategies = ordered_strategies(data["strategy"].unique())
     palette = strategy_palette(strategies)
     width = 0.8 / len(strategies)
@@ -255,7 +248,7 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.grid(alpha=0.3)
     if has_recall:
         ax = axes[0, 2]
-        for (strategy, seed), run in _runs(val_log):
+        for (strategy, _seed), run in _runs(val_log):
             ax.plot(run["step"], run[VAL_RECALL], marker="o", markersize=3, color=palette.get(strategy, "grey"))
         ax.set_xlabel("training step")
         ax.set_ylabel("R@10")
@@ -289,7 +282,7 @@ def alpha_sweep(intervals: pd.DataFrame, alphas: dict, eval_dataset: Optional[st
     _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
                    "interval table")
     data, eval_dataset = _one_dataset(intervals, eval_dataset)
-    panels = [("mAP", s) for s in SETTING_ORDER] + [("rank_distance", "multilingual")]
+    panels = [("mAP", s) for s in SETTINGS] + [(RANK_DISTANCE, MULTI)]
     panels = [(m, s) for m, s in panels if not _sweep_rows(data, alphas, m, s).empty]
     if not panels:
         raise ValueError(f"no interval rows of the runs {', '.join(alphas)} on {eval_dataset}")
@@ -302,7 +295,7 @@ def alpha_sweep(intervals: pd.DataFrame, alphas: dict, eval_dataset: Optional[st
         if not zero_shot.empty:
             ax.axhline(zero_shot["mean"].iloc[0], color=STRATEGY_COLORS["zero-shot"], linestyle="--", label="zero-shot")
         ax.set_xlabel("alpha (share of X-X-mono batches)")
-        ax.set_ylabel("rank distance (lower is better)" if metric == "rank_distance" else "mAP (macro average)")
+        ax.set_ylabel("rank distance (lower is better)" if metric == RANK_DISTANCE else "mAP (macro average)")
         ax.set_title(SETTING_LABELS[setting] if metric == "mAP" else "language bias, multilingual pool", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -23,11 +23,12 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .config import DATASET_LANGUAGES
 from .data import MIRROR_ENV, DataError, build_training_pairs, cache_dir, load_lareqa
 from .io import atomic_path
 
 PAIR_COLUMNS = ["id", "lang", "query", "positive", "negatives"]
-LAREQA_SOURCES = ("xquad-r", "mlqa-r")
+LAREQA_SOURCES = tuple(DATASET_LANGUAGES)
 
 # mMARCO on the Hugging Face hub, pinned to the last commit that changed its data files.
 MMARCO_DATASET = "unicamp-dl/mmarco"
@@ -250,22 +251,34 @@ def load_mmarco_pairs(languages: Optional[Sequence[str]] = None, max_ids: Option
     return pairs
 
 
+def _held_languages(source: str, languages: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """The requested languages that a LAReQA source has (None: all of them); none of them is an error."""
+    if not languages:
+        return None
+    held = [lang for lang in languages if lang in DATASET_LANGUAGES[source]]
+    if not held:
+        raise DataError(f"{source}: no training pairs in {', '.join(languages)} "
+                        f"(it has {', '.join(DATASET_LANGUAGES[source])})")
+    return held
+
+
 # -- one entry point -------------------------------------------------------------------------
 
 def load_pairs(source: str, languages: Optional[Sequence[str]] = None, max_ids: Optional[int] = None,
-               hard_negatives: int = 1, seed: int = 0) -> pd.DataFrame:
+               hard_negatives: int = 1) -> pd.DataFrame:
     """The training pairs of one source, restricted to ``languages`` and the first ``max_ids`` ids.
 
     ``source``: ``xquad-r``, ``mlqa-r``, ``mmarco`` or a ``.jsonl`` path. ``languages`` None keeps
     every language of the source (for mMARCO, the paper's seven); a source holding only some of
     the requested languages keeps those (an English-only dataset can join a multilingual mix);
     one holding none of them is an error. ``max_ids`` keeps the first ``max_ids`` ids in sorted
-    order (for mMARCO, the first ids of its triples file). ``seed`` draws LAReQA's negatives.
+    order (for mMARCO, the first ids of its triples file). LAReQA's hard negatives are drawn once,
+    with a fixed seed, so every run of a study trains on the same pairs.
     """
     if source.endswith(".jsonl"):
         pairs = load_jsonl_pairs(source, hard_negatives)
     elif source in LAREQA_SOURCES:
-        pairs = build_training_pairs(load_lareqa(source, languages), hard_negatives, seed)
+        pairs = build_training_pairs(load_lareqa(source, _held_languages(source, languages)), hard_negatives)
     elif source == "mmarco":
         available = [lang for lang in languages if lang in MMARCO_LANGUAGES] if languages else None
         if languages and not available:

@@ -33,6 +33,8 @@ def write(tmp_path, text: str) -> Path:
     ("train_dataset: squad\n", "train_dataset", "unknown training dataset"),
     ("train_languages: [el, en]\n", "train_languages", "el not in mlqa-r"),
     ("seeds: []\n", "seeds", "at least one seed"),
+    ("train_dataset: xquad-r\neval_datasets: [xquad-r]\n", "train_dataset, eval_datasets", "zero-shot"),
+    ("train_dataset: [mlqa-r, xquad-r]\neval_datasets: [mlqa-r]\n", "train_dataset, eval_datasets", "'mlqa-r'"),
     ("variants: [{name: h, strategy: hybrid, alpha: 2}]\n", "variants.0.alpha", "less than or equal to 1"),
     ("variants: [{name: h, strategy: zero-shot}]\n", "variants.0.strategy", "unknown strategy"),
     ("variants: [{name: h, strategy: hybrid, lr: 1}]\n", "variants.0.lr", "unknown key (known keys: name, strategy"),
@@ -61,6 +63,10 @@ def test_yaml_exponent_floats_are_numbers(tmp_path):
     params = load_params(write(tmp_path, "learning_rate: 3e-5\nalpha: 1\n"))
     assert params.learning_rate == pytest.approx(3e-5)
     assert params.alpha == 1.0
+
+
+def test_a_zero_shot_only_study_may_evaluate_any_dataset():
+    assert StudyParams(train_dataset="xquad-r", eval_datasets=["xquad-r"], strategies=["zero-shot"])
 
 
 def test_defaults_are_valid():

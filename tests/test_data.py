@@ -34,7 +34,8 @@ def test_mlqa_r_counts_match_the_dataset_readme():
 def test_answer_sentence_contains_the_answer():
     d = load_lareqa("xquad-r", languages=["en"])
     raw = json.loads(data.fetch_lareqa("xquad-r", ["en"])["en"].read_text())
-    answers = {qa["id"]: qa["answers"][0]["text"] for art in raw["data"] for par in art["paragraphs"] for qa in par["qas"]}
+    answers = {qa["id"]: qa["answers"][0]["text"]
+               for art in raw["data"] for par in art["paragraphs"] for qa in par["qas"]}
     sentences = d.candidates.loc[d.questions["candidate"], "text"].to_numpy()
     hits = sum(answers[qid] in sentence for qid, sentence in zip(d.questions["id"], sentences))
     assert hits / len(d.questions) > 0.97  # the rest spans a sentence break
@@ -62,7 +63,8 @@ def _write_fixture(folder):
         doc = {"data": [{"title": "t", "paragraphs": [
             {"context": context, "sentences": [s1, s2],
              "sentence_breaks": [[0, len(s1)], [len(s1) + 1, len(context)]],
-             "qas": [{"id": "q1", "question": f"{lang}: river?", "answers": [{"text": s2[:3], "answer_start": len(s1) + 1}]},
+             "qas": [{"id": "q1", "question": f"{lang}: river?",
+                      "answers": [{"text": s2[:3], "answer_start": len(s1) + 1}]},
                      {"id": "q2", "question": f"{lang}: big?", "answers": [{"text": s1[:3], "answer_start": 0}]}]},
             {"context": s3, "sentences": [s3], "sentence_breaks": [[0, len(s3)]],
              "qas": [{"id": "q3", "question": f"{lang}: cats?", "answers": [{"text": s3, "answer_start": 0}]}]},
@@ -87,7 +89,8 @@ def test_training_pairs_on_a_fixture(tmp_path):
     lonely = pairs[pairs["id"] == "q3"]
     assert all(neg == [] for neg in lonely["negatives"])  # a one-sentence paragraph has no hard negative
     small = subset_ids(d, ["q3"])
-    assert len(small.candidates) == 3 and (small.candidates.loc[small.questions["candidate"], "text"].str.contains("at")).all()
+    assert len(small.candidates) == 3
+    assert small.candidates.loc[small.questions["candidate"], "text"].str.contains("at").all()
 
 
 @pytest.fixture

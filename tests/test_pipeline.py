@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from hybridlib.config import load_params
-from hybridlib.pipeline import StepFailed, Step, is_done, run_study, study_steps
+from hybridlib.pipeline import Step, StepFailed, is_done, run_study, study_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -110,7 +110,7 @@ def test_second_run_skips_every_step(smoke_run):
     before = (run_dir / "metrics" / "metrics.csv").stat().st_mtime_ns
     result = hybridlib("run", SMOKE, "--runs-dir", run_dir.parent)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("done, skipped") == 7
+    assert (result.stdout + result.stderr).count("done, skipped") == 7
     assert (run_dir / "metrics" / "metrics.csv").stat().st_mtime_ns == before
 
 
@@ -183,7 +183,7 @@ def mtimes(run_dir: Path) -> dict:
             if (run_dir / out).exists()}
 
 
-def test_failure_stops_the_run_keeps_finished_steps_and_resumes(tmp_path, zero_shot_params, capsys):
+def test_failure_stops_the_run_keeps_finished_steps_and_resumes(tmp_path, zero_shot_params, caplog):
     runs = tmp_path / "runs"
     with pytest.raises(StepFailed) as failure:
         run_study(zero_shot_params, runs_dir=runs, notebooks_dir=write_stubs(tmp_path / "broken", "04_language_bias"))
@@ -195,10 +195,11 @@ def test_failure_stops_the_run_keeps_finished_steps_and_resumes(tmp_path, zero_s
     kept = nbformat.read(run_dir / "notebooks" / "04_language_bias.ipynb", as_version=4)
     assert any(o.output_type == "error" for c in kept.cells for o in c.get("outputs", []))
 
-    capsys.readouterr()
+    caplog.clear()
     finished = mtimes(run_dir)
-    run_study(zero_shot_params, runs_dir=runs, notebooks_dir=write_stubs(tmp_path / "fixed"))
-    printed = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="hybridlib.pipeline"):
+        run_study(zero_shot_params, runs_dir=runs, notebooks_dir=write_stubs(tmp_path / "fixed"))
+    printed = caplog.text
     assert "[1/4] 01_prepare_data: prepare data and model: done, skipped" in printed
     assert "[2/4] 03_evaluate: evaluate (zero-shot) and collect metrics: done, skipped" in printed
     assert "[3/4] 04_language_bias: language bias (rank distance) ..." in printed
@@ -209,7 +210,7 @@ def test_failure_stops_the_run_keeps_finished_steps_and_resumes(tmp_path, zero_s
     assert all(mtimes(run_dir)[k] > after[k] for k in after)  # --force re-ran every step
 
 
-def test_publish_passes_the_folder_and_always_runs_the_report(tmp_path, zero_shot_params, monkeypatch, capsys):
+def test_publish_passes_the_folder_and_always_runs_the_report(tmp_path, zero_shot_params, monkeypatch, caplog):
     import hybridlib.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "PUBLISH_DIR", tmp_path / "repo_figures")
@@ -218,10 +219,12 @@ def test_publish_passes_the_folder_and_always_runs_the_report(tmp_path, zero_sho
     run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs)
     published = tmp_path / "repo_figures" / "stub"  # one folder per study (its run_name)
     assert not published.exists()
-    capsys.readouterr()
-    run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs, publish=True)
-    printed = capsys.readouterr().out
-    assert printed.count("done, skipped") == 3 and "05_report: report: tables, significance, figures, publish" in printed
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hybridlib.pipeline"):
+        run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs, publish=True)
+    printed = caplog.text
+    assert printed.count("done, skipped") == 3
+    assert "05_report: report: tables, significance, figures, publish" in printed
     assert (published / "05_report.png").is_file()
 
 
@@ -247,5 +250,6 @@ def test_a_step_is_stale_when_what_it_reads_is_newer(tmp_path):
 
 def test_variants_are_trained_as_their_own_steps():
     params = load_params(ROOT / "params" / "alpha-sweep.yaml")
-    trained = [s.parameters["strategy"] for s in study_steps(params) if s.notebook == "02_train" and s.parameters["seed"] == 0]
+    trained = [s.parameters["strategy"] for s in study_steps(params)
+               if s.notebook == "02_train" and s.parameters["seed"] == 0]
     assert trained == ["hybrid", "hybrid-a0.00", "hybrid-a0.25", "hybrid-a0.75", "hybrid-a1.00"]

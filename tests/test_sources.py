@@ -9,8 +9,14 @@ import pytest
 from hybridlib import cli, sources
 from hybridlib.config import load_params
 from hybridlib.data import DataError
-from hybridlib.sources import (PAIR_COLUMNS, build_mmarco_pairs, load_jsonl_pairs, load_pairs,
-                               select_mmarco_triples, write_jsonl_pairs)
+from hybridlib.sources import (
+    PAIR_COLUMNS,
+    build_mmarco_pairs,
+    load_jsonl_pairs,
+    load_pairs,
+    select_mmarco_triples,
+    write_jsonl_pairs,
+)
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 
@@ -138,7 +144,9 @@ def test_mmarco_builder_gives_parallel_rows_sharing_ids():
         assert row.positive == f"passage {positive} in {row.lang}"
         assert row.negatives == [f"passage {positive + 1} in {row.lang}"]
     # rows sharing an id are translations: the same passage ids in every language
-    strip = lambda text: text.rsplit(" in ", 1)[0]
+    def strip(text):
+        return text.rsplit(" in ", 1)[0]
+
     for _, group in pairs.groupby("id"):
         assert group["positive"].map(strip).nunique() == 1 and group["query"].map(strip).nunique() == 1
 
@@ -213,9 +221,17 @@ def test_load_pairs_filters_languages_and_caps_ids(tmp_path):
 
 
 def test_load_pairs_on_lareqa_keeps_parallel_ids():
-    pairs = load_pairs("xquad-r", languages=["en", "th"], max_ids=5, hard_negatives=1, seed=0)
+    pairs = load_pairs("xquad-r", languages=["en", "th"], max_ids=5, hard_negatives=1)
     assert len(pairs) == 10 and pairs["id"].nunique() == 5
     assert all(sorted(langs) == ["en", "th"] for langs in pairs.groupby("id")["lang"].apply(list))
+
+
+def test_load_pairs_on_lareqa_keeps_the_requested_languages_the_source_has():
+    # [mlqa-r, xquad-r] with el: each source keeps what it has (MLQA-R has no Greek)
+    pairs = load_pairs("mlqa-r", languages=["en", "el"], max_ids=3)
+    assert set(pairs["lang"]) == {"en"} and pairs["id"].nunique() == 3
+    with pytest.raises(DataError, match="mlqa-r: no training pairs in el, th"):
+        load_pairs("mlqa-r", languages=["el", "th"])
 
 
 # -- paper-scale parameter files ----------------------------------------------------------------
