@@ -5,7 +5,7 @@ sharing ``id`` are translations. A batch is ``batch_size`` distinct question ids
 query language and a passage language; it is given as row indices into the pairs table:
 the query text comes from the query row, the positive and hard negatives from the passage row.
 
-Strategies (paper.md, "Batch sampling"; arXiv 2408.10536):
+Strategies (docs/paper.md, "Batch sampling"; arXiv 2408.10536):
 - ``x-x-mono``: every pair in ONE language L, L drawn uniformly from the training languages
   of the batch's dataset, per batch; only ids that exist in L;
 - ``x-y``: every pair cross-lingual: per pair the query language is drawn uniformly among the
@@ -28,6 +28,13 @@ permutation runs out in the middle of a batch, the batch continues with the next
 ids already in the batch are moved to its end: an id never appears twice in a batch and each
 id is used once per pass over its pool.
 
+Random streams: the batches (kind, dataset, language, ids and the languages of each pair)
+and the parallel-query rows are drawn from two independent generators, both derived from the
+one ``seed`` (numpy ``SeedSequence(seed).spawn``), so that drawing parallel-query rows or not
+leaves the batches unchanged: objective variants with one seed train on the same batches
+(issue 14). Hard negatives are not drawn here: they are fixed when the pairs table is built
+(``hybridlib.data.build_training_pairs``, a seed of its own), the same for every training seed.
+
 Distributed training: every rank draws the same global batch (same seed) and keeps its
 contiguous shard (``batch_size / world_size`` pairs), so a global batch has one kind and,
 for ``x-x-mono``, one language.
@@ -44,10 +51,15 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .constants import BATCH_STRATEGIES
 from .errors import HybridlibError
 
-STRATEGIES = ("x-x-mono", "x-y", "hybrid", "x-x", "en-en")
+# Alias for the old hybridlib/train.py only; delete it once the hybridlib/train/ package replaces that file.
+STRATEGIES = BATCH_STRATEGIES
 NO_ROW = -1  # in ``Batch.parallel_rows``: this id has no other language
+# The sampler's independent random streams, in ``SeedSequence.spawn`` order: a stream added
+# later goes at the end, so the existing ones keep their numbers.
+RANDOM_STREAMS = ("batches", "parallel_queries")
 
 
 class SamplingError(HybridlibError, ValueError):
@@ -69,16 +81,11 @@ class Batch:
     passage_rows: tuple
     parallel_rows: Optional[tuple] = None
 
-    @property
-    def pairs(self) -> list:
-        """The (query row, passage row) index pairs."""
-        return list(zip(self.query_rows, self.passage_rows))
-
     def __len__(self) -> int:
         return len(self.query_rows)
 
 
-class _IdStream:
+class _IdPool:
     """Ids of one pool in random-permutation order, one pass after another (see module doc)."""
 
     def __init__(self, ids: np.ndarray):
@@ -143,7 +150,7 @@ class BatchSampler:
     """An endless, seeded stream of batches of one strategy over one or several pairs tables.
 
     Inputs: ``tables`` (a pairs table or a list of them), ``strategy`` (one of
-    ``STRATEGIES``), ``batch_size`` (global, divisible by ``world_size``), ``seed``,
+    ``constants.BATCH_STRATEGIES``), ``batch_size`` (global, divisible by ``world_size``), ``seed``,
     ``languages`` (training languages; None = all in the data), ``alpha`` (hybrid only),
     ``rank`` / ``world_size`` (distributed shard), ``parallel_queries`` (also draw, per pair,
     a translation of the query for the parallel-query loss term).
@@ -160,21 +167,21 @@ class BatchSampler:
         self.indexes = [_PairIndex(t, languages, f"training dataset {d}") for d, t in enumerate(tables)]
         _check_languages(self.indexes, languages)
         self.kinds = ("x-x-mono", "x-y") if strategy == "hybrid" else (strategy,)
-        self.streams = [self._streams_of(d, index) for d, index in enumerate(self.indexes)]
+        self.pools = [self._pools_of(d, index) for d, index in enumerate(self.indexes)]
         self.datasets_of = {kind: self._datasets_for(kind) for kind in self.kinds}
-        self.rng = np.random.default_rng(seed)
+        self.rngs = _random_streams(seed)
 
     def _datasets_for(self, kind: str) -> tuple:
         """The datasets able to give ``kind`` batches and their size-proportional weights."""
         needs = {"x-y": "cross", "en-en": "mono:en"}.get(kind)
-        eligible = [d for d, streams in enumerate(self.streams) if needs is None or needs in streams]
+        eligible = [d for d, pools in enumerate(self.pools) if needs is None or needs in pools]
         if not eligible:
             reason = "at least two languages" if kind == "x-y" else "English pairs"
             raise SamplingError(f"{kind} batches need {reason}; no training dataset has them")
         sizes = np.array([len(self.indexes[d].id_names) for d in eligible], dtype=float)
         return eligible, sizes / sizes.sum()
 
-    def _streams_of(self, dataset: int, index: _PairIndex) -> dict:
+    def _pools_of(self, dataset: int, index: _PairIndex) -> dict:
         """The id pools of one dataset for the strategy's kinds, checked against the batch size.
 
         A dataset with a single language gives no x-y batches (and one without English no
@@ -196,7 +203,7 @@ class BatchSampler:
                     pool, f"ids in language {pool.removeprefix('mono:')}")
                 raise SamplingError(f"batch_size {self.batch_size} is larger than the {len(ids)} {what} "
                                     f"in {name} ({self.strategy} batches hold distinct ids)")
-        return {pool: _IdStream(ids) for pool, ids in pools.items()}
+        return {pool: _IdPool(ids) for pool, ids in pools.items()}
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -217,25 +224,25 @@ class BatchSampler:
 
     def global_batch(self) -> Batch:
         """Draw the next whole batch (the same on every rank)."""
-        rng = self.rng
+        rng = self.rngs["batches"]
         kind = self.strategy
         if kind == "hybrid":
             kind = "x-x-mono" if rng.random() < self.alpha else "x-y"
         eligible, weights = self.datasets_of[kind]
         dataset = eligible[int(rng.choice(len(eligible), p=weights))] if len(eligible) > 1 else eligible[0]
-        index, streams = self.indexes[dataset], self.streams[dataset]
+        index, pools = self.indexes[dataset], self.pools[dataset]
         if kind == "x-x-mono":
             lang = index.languages[int(rng.integers(len(index.languages)))]
-            ids = streams[f"mono:{lang}"].take(self.batch_size, rng)
+            ids = pools[f"mono:{lang}"].take(self.batch_size, rng)
             query_langs = passage_langs = np.full(len(ids), index.languages.index(lang))
         elif kind == "en-en":
-            ids = streams["mono:en"].take(self.batch_size, rng)
+            ids = pools["mono:en"].take(self.batch_size, rng)
             query_langs = passage_langs = np.full(len(ids), index.languages.index("en"))
         elif kind == "x-x":
-            ids = streams["all"].take(self.batch_size, rng)
+            ids = pools["all"].take(self.batch_size, rng)
             query_langs = passage_langs = index.nth_language_of(ids, rng.integers(index.n_langs[ids]))
         else:  # x-y
-            ids = streams["cross"].take(self.batch_size, rng)
+            ids = pools["cross"].take(self.batch_size, rng)
             query_nth = rng.integers(index.n_langs[ids])
             passage_nth = rng.integers(index.n_langs[ids] - 1)
             passage_nth += passage_nth >= query_nth  # skip the query's language
@@ -248,7 +255,7 @@ class BatchSampler:
     def _parallel_rows(self, index: _PairIndex, ids: np.ndarray, query_langs: np.ndarray) -> tuple:
         """Per pair, a row of the same id in another language (uniformly), or NO_ROW."""
         others = np.maximum(index.n_langs[ids] - 1, 1)
-        nth = self.rng.integers(others)
+        nth = self.rngs["parallel_queries"].integers(others)
         query_nth = np.cumsum(index.has[ids], axis=1)[np.arange(len(ids)), query_langs] - 1
         nth += nth >= query_nth
         langs = index.nth_language_of(ids, np.minimum(nth, index.n_langs[ids] - 1))
@@ -257,21 +264,37 @@ class BatchSampler:
         return tuple(rows.tolist())
 
     def state_dict(self) -> dict:
-        """The sampler's position (RNG and permutations) as plain Python values, for checkpoints."""
-        return {"rng": self.rng.bit_generator.state,
-                "streams": [{pool: s.state_dict() for pool, s in streams.items()} for streams in self.streams]}
+        """The sampler's position as plain Python values, for checkpoints: the state of every random
+        stream (``rngs``, by name) and every id pool's permutation (``pools``)."""
+        return {"rngs": {name: rng.bit_generator.state for name, rng in self.rngs.items()},
+                "pools": [{name: pool.state_dict() for name, pool in pools.items()} for pools in self.pools]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where ``state_dict()`` was taken."""
-        self.rng.bit_generator.state = state["rng"]
-        for streams, saved in zip(self.streams, state["streams"]):
-            for pool, stream in streams.items():
-                stream.load_state_dict(saved[pool])
+        """Continue exactly where ``state_dict()`` was taken, in every random stream."""
+        if "rngs" not in state:
+            raise SamplingError("the sampler state predates the independent random streams (one generator for "
+                                "batches and parallel-query rows); it cannot be continued: train the run again")
+        for name, rng in self.rngs.items():
+            rng.bit_generator.state = state["rngs"][name]
+        for pools, saved in zip(self.pools, state["pools"]):
+            for name, pool in pools.items():
+                pool.load_state_dict(saved[name])
+
+
+def _random_streams(seed: int) -> dict:
+    """One independent numpy generator per name of ``RANDOM_STREAMS``, all derived from ``seed``.
+
+    Children of ``numpy.random.SeedSequence(seed)`` (its ``spawn``): statistically independent
+    streams, each a function of the seed and its position only (numpy, "Parallel random number
+    generation").
+    """
+    children = np.random.SeedSequence(seed).spawn(len(RANDOM_STREAMS))
+    return {name: np.random.default_rng(child) for name, child in zip(RANDOM_STREAMS, children)}
 
 
 def _check_settings(strategy, batch_size, alpha, rank, world_size, n_tables) -> None:
-    if strategy not in STRATEGIES:
-        raise SamplingError(f"unknown batch strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
+    if strategy not in BATCH_STRATEGIES:
+        raise SamplingError(f"unknown batch strategy {strategy!r} (expected one of {', '.join(BATCH_STRATEGIES)})")
     if not 0.0 <= alpha <= 1.0:
         raise SamplingError(f"alpha must be in [0, 1], got {alpha}")
     if batch_size < 2:

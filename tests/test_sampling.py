@@ -1,8 +1,10 @@
-"""Batch samplers checked against their definitions (paper.md, "Batch sampling") over many batches.
+"""Batch samplers checked against their definitions (docs/paper.md, "Batch sampling") over many batches.
 
 Frequencies are compared with their expectation within 4 binomial standard deviations
 (a false alarm rate of ~6e-5 per check; the seeds are fixed, so the tests are deterministic).
 """
+import dataclasses
+import io
 import re
 from collections import Counter
 from itertools import islice
@@ -10,9 +12,11 @@ from itertools import islice
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from hybridlib.constants import BATCH_STRATEGIES
 from hybridlib.errors import HybridlibError
-from hybridlib.sampling import NO_ROW, STRATEGIES, BatchSampler, SamplingError
+from hybridlib.sampling import NO_ROW, RANDOM_STREAMS, BatchSampler, SamplingError
 
 LANGS = ["de", "en", "es", "zh"]
 
@@ -148,7 +152,7 @@ def test_each_pass_over_the_pool_uses_every_id_once(pairs):
     assert set(counts.values()) == {2} and len(counts) == 200
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", BATCH_STRATEGIES)
 def test_same_seed_same_batches_other_seed_other_batches(pairs, strategy):
     first = take(BatchSampler(pairs, strategy, batch_size=8, seed=7), 50)
     again = take(BatchSampler(pairs, strategy, batch_size=8, seed=7), 50)
@@ -196,14 +200,59 @@ def test_an_english_only_dataset_joins_only_monolingual_batches():
     assert within_binomial(sum(b.dataset == 1 for b in mono), len(mono), 0.5)  # 200 ids each
 
 
-def test_resuming_from_state_dict_continues_the_same_stream(pairs):
-    reference = take(BatchSampler(pairs, "hybrid", batch_size=16, seed=9), 60)
-    sampler = BatchSampler(pairs, "hybrid", batch_size=16, seed=9)
-    take(sampler, 25)
-    state = sampler.state_dict()
-    resumed = BatchSampler(pairs, "hybrid", batch_size=16, seed=123)
-    resumed.load_state_dict(state)
+def without_parallel_rows(batch):
+    return dataclasses.replace(batch, parallel_rows=None)
+
+
+@pytest.mark.parametrize("strategy", BATCH_STRATEGIES)
+def test_drawing_parallel_query_rows_leaves_the_batches_unchanged(strategy):
+    """Issue 14: the objective variants of one seed (with and without the parallel-query term)
+    train on the same batches: same kinds, datasets, ids and languages, step after step."""
+    tables = [make_pairs(120, seed=1, prefix="a"), make_pairs(80, seed=2, prefix="b")]
+    plain = take(BatchSampler(tables, strategy, batch_size=8, seed=11), 400)
+    with_parallel = take(BatchSampler(tables, strategy, batch_size=8, seed=11, parallel_queries=True), 400)
+    assert all(b.parallel_rows is not None for b in with_parallel)
+    assert [without_parallel_rows(b) for b in with_parallel] == plain
+    if strategy == "hybrid":
+        assert len({b.kind for b in plain}) == 2 and len({b.dataset for b in plain}) == 2
+
+
+def test_parallel_rows_come_from_their_own_seeded_stream(pairs):
+    """The parallel-query rows are a function of the seed: the same seed repeats them, another
+    seed changes them even where the batches coincide."""
+    def parallel_rows(seed):
+        return [b.parallel_rows for b in take(BatchSampler(pairs, "x-x", batch_size=16, seed=seed,
+                                                           parallel_queries=True), 50)]
+    assert parallel_rows(4) == parallel_rows(4)
+    assert parallel_rows(4) != parallel_rows(5)
+    assert set(BatchSampler(pairs, "x-x", batch_size=16, seed=0).state_dict()["rngs"]) == set(RANDOM_STREAMS)
+
+
+@pytest.mark.parametrize("parallel_queries", [False, True])
+def test_resuming_from_state_dict_continues_every_stream(pairs, parallel_queries):
+    """A state saved as train.py saves it (``torch.save``, loaded with ``weights_only=True``)
+    continues the batches and the parallel-query rows exactly."""
+    tables = [pairs, make_pairs(80, seed=3, prefix="b")]
+
+    def sampler(seed):
+        return BatchSampler(tables, "hybrid", batch_size=16, seed=seed, parallel_queries=parallel_queries)
+    reference = take(sampler(9), 60)
+    first = sampler(9)
+    take(first, 25)
+    buffer = io.BytesIO()
+    torch.save({"sampler": first.state_dict()}, buffer)
+    buffer.seek(0)
+    resumed = sampler(123)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True)["sampler"])
     assert take(resumed, 35) == reference[25:]
+    assert take(first, 35) == reference[25:]
+
+
+def test_a_state_with_a_single_generator_is_refused(pairs):
+    sampler = BatchSampler(pairs, "hybrid", batch_size=16, seed=0)
+    old = {"rng": np.random.default_rng(0).bit_generator.state, "streams": sampler.state_dict()["pools"]}
+    with pytest.raises(SamplingError, match="predates the independent random streams"):
+        sampler.load_state_dict(old)
 
 
 def test_parallel_rows_are_translations_of_the_query(pairs):
