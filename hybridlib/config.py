@@ -16,7 +16,7 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .constants import BATCH_STRATEGIES, STRATEGIES, ZERO_SHOT
+from .constants import BATCH_STRATEGIES, PRECISIONS, STRATEGIES, ZERO_SHOT
 from .errors import HybridlibError
 
 DATASET_LANGUAGES = {
@@ -125,7 +125,7 @@ class StudyParams(BaseModel):
     parallel_query_weight: float = Field(0.0, ge=0)  # pull parallel queries together
     seeds: list[int] = [0]
     freeze_embeddings: bool = True
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal[PRECISIONS] = "auto"
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
 
     # -- outputs and statistics

@@ -28,6 +28,10 @@ RANK_DISTANCE = "rank_distance"
 METRICS = RANKING_METRICS + (RANK_DISTANCE,)
 LOWER_IS_BETTER = frozenset({RANK_DISTANCE})
 
+# ----------------------------------------------------------------------------- precision
+# "auto": bf16 where the hardware computes it natively (CUDA, AVX-512-BF16/AMX CPUs), else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 # ----------------------------------------------------------------------------- tables
 KEYS = ("model", "strategy", "seed", "eval_dataset")
 METRIC_COLUMNS = KEYS + ("setting", "query_lang", "pool_lang", "metric", "value")

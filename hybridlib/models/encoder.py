@@ -1,0 +1,350 @@
+"""``DualEncoder``: one transformer with shared weights that embeds queries and passages.
+
+``resolve_model`` turns the model names a user writes (``default``, a folder, a hub name) into
+what ``from_pretrained`` loads; ``load_tokenizer`` loads a tokenizer once per process (the
+multilingual ones take 4-9 s); ``DualEncoder`` offers ``encode`` for evaluation (numpy, no
+gradients, length-sorted batches), ``embed`` for training (differentiable) and ``save`` to a
+folder that plain transformers can load too, with the encoder's settings beside the weights.
+
+>>> encoder = DualEncoder("default")
+>>> encoder.encode(["how tall is the eiffel tower"], kind="query").shape
+(1, 384)
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Literal, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ModelError
+from ..io import atomic_dir, write_json
+from .default_model import PROVENANCE_FILE, build_default_model
+from .device import limit_threads_to_cpus, precision_warning, resolve_device, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+ENCODER_SETTINGS_FILE = "hybridlib_encoder.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+ENCODER_DEFAULTS = {"pooling": "mean", "query_prefix": "query: ", "passage_prefix": "passage: ", "max_length": 128}
+CPU_TOKENS_PER_THREAD = 1024  # encode's batch size on the CPU, in padded tokens per thread
+TOKENIZER_CACHE_SIZE = 2  # distinct tokenizers kept per process (an XLM-R one holds ~0.4 GB)
+
+Kind = Literal["query", "passage"]
+
+
+# -- names -> what from_pretrained loads --------------------------------------------------------
+
+def _looks_like_path(name: str) -> bool:
+    # hub names are "model" or "organisation/model"
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_model(name: str) -> str:
+    """What ``from_pretrained`` should load for a model name.
+
+    ``default`` -> the built default encoder folder (built on first use); an existing folder ->
+    that folder (``ModelError`` naming it if it holds no weights); anything else is passed
+    through as a Hugging Face hub name (loads where a hub is reachable).
+    """
+    if name == "default":
+        return str(build_default_model())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: is a file; a model is a folder saved with save_pretrained")
+        if not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise ModelError(f"{path}: no model weights in this folder (expected one of {', '.join(WEIGHT_FILES)})")
+        return str(path)
+    if _looks_like_path(name):
+        raise ModelError(f"{path}: no such model folder")
+    return name
+
+
+def _unreachable(name_or_path: str, label: str, error: Exception) -> ModelError:
+    """The ModelError of a failed ``from_pretrained``: a broken folder, or a hub name out of reach."""
+    if Path(name_or_path).exists():
+        return ModelError(f"{name_or_path}: cannot load the model ({error})")
+    return ModelError(f"model {label!r}: no such local folder, and the Hugging Face hub cannot provide it "
+                      f"(unreachable or unknown name: {str(error).splitlines()[0]}); use model 'default' "
+                      f"or a local folder")
+
+
+# -- the tokenizer, loaded once per process ---------------------------------------------------
+
+_TOKENIZERS: OrderedDict = OrderedDict()
+
+
+def _tokenizer_key(name_or_path: str) -> str:
+    """A hub name itself; for a folder, a SHA-256 of every file but the weights and our own
+    settings, so that the saved runs of a study (same tokenizer, other folders) share one."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return name_or_path
+    digest = hashlib.sha256()
+    skip = {*WEIGHT_FILES, ENCODER_SETTINGS_FILE, PROVENANCE_FILE}
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.name not in skip and not file.name.startswith("."):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def load_tokenizer(name_or_path: str, label: Optional[str] = None):
+    """``AutoTokenizer.from_pretrained(name_or_path)``, cached per process by the folder's content.
+
+    A multilingual tokenizer takes 4-9 s to load (mostly parsing a 17 MB ``tokenizer.json``); a
+    study loads the same one for every run it trains and every model it evaluates. The object is
+    shared: do not change its attributes, and do not call it from two threads at once.
+    ``ModelError`` if it cannot be loaded (``label``: the name the user wrote, for the message).
+    """
+    key = _tokenizer_key(name_or_path)
+    if key not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        try:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:
+            raise _unreachable(name_or_path, label or name_or_path, error) from None
+        while len(_TOKENIZERS) > TOKENIZER_CACHE_SIZE:
+            _TOKENIZERS.popitem(last=False)
+    _TOKENIZERS.move_to_end(key)
+    return _TOKENIZERS[key]
+
+
+def _load_model(name_or_path: str, label: str) -> torch.nn.Module:
+    """AutoModel in fp32, without BERT's pooler; ModelError when it cannot be loaded."""
+    from transformers import AutoModel
+
+    try:
+        try:  # BERT-like models: the pooler is unused by both poolings, so do not create it
+            model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise _unreachable(name_or_path, label, error) from None
+    return model.float()
+
+
+def _saved_settings(folder: str) -> dict:
+    """Settings saved by ``DualEncoder.save`` (or the default model's label), else ``{}``."""
+    settings, provenance = Path(folder) / ENCODER_SETTINGS_FILE, Path(folder) / PROVENANCE_FILE
+    if settings.is_file():
+        return json.loads(settings.read_text(encoding="utf-8"))
+    if provenance.is_file():
+        return {"name": json.loads(provenance.read_text(encoding="utf-8"))["label"]}
+    return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+# -- the encoder ------------------------------------------------------------------------------
+
+class DualEncoder:
+    """One transformer that embeds queries and passages into one space (shared weights).
+
+    Queries and passages differ only by their prefix (``"query: "`` / ``"passage: "`` for E5).
+    Embeddings are pooled (``mean`` over non-padding tokens, or the first token for ``cls``)
+    and L2-normalised, so a dot product is the cosine similarity.
+
+    Arguments left at ``None`` take the values saved with the model by ``save`` (a fine-tuned
+    folder restores its own settings), else ``mean`` / ``"query: "`` / ``"passage: "`` / 128.
+    ``device``: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``. ``precision``: ``auto``, ``fp32``,
+    ``bf16``, ``fp16``, the autocast dtype of ``encode`` (see ``resolve_precision``); a
+    precision the CPU emulates is logged once as a warning (``precision_warning``).
+
+    >>> encoder = DualEncoder("default", device="cpu", precision="fp32")
+    >>> q = encoder.encode(["where is Paris?"], kind="query")
+    >>> p = encoder.encode(["Paris is in France.", "Bonn is in Germany."], kind="passage")
+    >>> int((p @ q.T).argmax())
+    0
+    """
+
+    def __init__(self, name_or_path: str = "default", pooling: Optional[str] = None,
+                 query_prefix: Optional[str] = None, passage_prefix: Optional[str] = None,
+                 max_length: Optional[int] = None, device: str = "auto", precision: str = "auto"):
+        path = resolve_model(str(name_or_path))
+        settings = {**ENCODER_DEFAULTS, "name": str(name_or_path), **_saved_settings(path)}
+        given = {"pooling": pooling, "query_prefix": query_prefix, "passage_prefix": passage_prefix,
+                 "max_length": max_length}
+        settings.update({key: value for key, value in given.items() if value is not None})
+        if settings["pooling"] not in ("mean", "cls"):
+            raise ModelError(f"pooling {settings['pooling']!r}: unknown (use mean or cls)")
+        self.name, self.pooling, self.max_length = settings["name"], settings["pooling"], int(settings["max_length"])
+        self.prefixes = {"query": settings["query_prefix"], "passage": settings["passage_prefix"]}
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        warning = precision_warning(self.precision, self.device)
+        if warning:
+            _warn_once(warning)
+        limit_threads_to_cpus()
+        self.tokenizer = load_tokenizer(path, str(name_or_path))
+        self.model = _load_model(path, str(name_or_path)).to(self.device).eval()
+
+    @classmethod
+    def from_params(cls, params, name_or_path: Optional[str] = None) -> "DualEncoder":
+        """The encoder a study's ``StudyParams`` describe; ``name_or_path`` overrides ``params.model``."""
+        return cls(name_or_path or params.model, pooling=params.pooling, query_prefix=params.query_prefix,
+                   passage_prefix=params.passage_prefix, max_length=params.max_length,
+                   device=params.device, precision=params.precision)
+
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        return self.model.config.hidden_size
+
+    def __repr__(self) -> str:
+        return (f"DualEncoder({self.name!r}, pooling={self.pooling!r}, max_length={self.max_length}, "
+                f"device={str(self.device)!r}, precision={self.precision!r})")
+
+    # -- precision
+    def autocast(self):
+        """The autocast context of ``self.precision`` (a no-op for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # -- training: differentiable embeddings
+    def _prefixed(self, texts: Iterable[str], kind: Kind) -> list[str]:
+        if kind not in self.prefixes:
+            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+        prefix = self.prefixes[kind]
+        return [prefix + text for text in texts]
+
+    def tokenize(self, texts: Sequence[str], kind: Kind) -> dict[str, torch.Tensor]:
+        """Prefix, tokenize and pad ``texts`` into ``input_ids`` / ``attention_mask`` on the device."""
+        batch = self.tokenizer(self._prefixed(texts, kind), padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        return {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
+
+    def embed_tokens(self, batch: dict[str, torch.Tensor], model: Optional[torch.nn.Module] = None) -> torch.Tensor:
+        """Pooled, L2-normalised float32 embeddings of a tokenized batch (differentiable).
+
+        Rows of a ``tokenize`` output may be sliced first (GradCache embeds chunk by chunk).
+        ``model``: the module to run, ``self.model`` by default (``encode`` passes a bf16 copy).
+        """
+        model = self.model if model is None else model
+        mask = batch["attention_mask"]
+        hidden = model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state.float()
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def embed(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
+        """Differentiable embeddings for training: ``embed_tokens(tokenize(texts, kind))``."""
+        return self.embed_tokens(self.tokenize(texts, kind))
+
+    # -- evaluation: fast, no gradients
+    def _batch_tokens(self, max_batch_tokens: Union[int, str, None]) -> Optional[int]:
+        if max_batch_tokens != "auto":
+            return max_batch_tokens
+        # On the CPU, batches of ~1k tokens per thread keep activations in cache: measured
+        # 1.1-1.3x faster than batches of 64 texts (benchmarks/bench_encode.py). GPUs like big batches.
+        return CPU_TOKENS_PER_THREAD * torch.get_num_threads() if self.device.type == "cpu" else None
+
+    @staticmethod
+    def _batches(lengths: np.ndarray, batch_size: int, max_tokens: Optional[int]) -> Iterable[np.ndarray]:
+        """Row indices by decreasing length, in batches of at most ``batch_size`` texts and
+        ``max_tokens`` padded tokens (always at least one text)."""
+        order = np.argsort(-lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            size = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // lengths[order[start]]))
+            yield order[start:start + size]
+            start += size
+
+    def _padded(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, :len(row)] = row
+            mask[i, :len(row)] = 1
+        return {"input_ids": torch.from_numpy(input_ids).to(self.device),
+                "attention_mask": torch.from_numpy(mask).to(self.device)}
+
+    def encode(self, texts: Sequence[str], kind: Kind, batch_size: int = 64, progress: bool = True,
+               max_batch_tokens: Union[int, str, None] = "auto") -> np.ndarray:
+        """Embed ``texts`` for retrieval: float32 array (len(texts), dim), L2-normalised, input order.
+
+        Texts are tokenized once, sorted by token count and run in batches of similar length
+        (little padding) under ``torch.inference_mode`` and the encoder's autocast precision
+        (in bf16/fp16 on a copy with its linear weights cast once: ``_inference_model``).
+        A batch holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens
+        (``auto``: 1024 per thread on the CPU, no limit on GPUs; ``None``: no limit).
+        """
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.tokenizer(self._prefixed(texts, kind), truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            model = self._inference_model()
+            with torch.inference_mode(), self.autocast(), \
+                    tqdm(total=len(texts), desc=f"encode {kind} texts", unit="text", disable=not progress) as bar:
+                for rows in self._batches(lengths, batch_size, self._batch_tokens(max_batch_tokens)):
+                    out[rows] = self.embed_tokens(self._padded([ids[i] for i in rows]), model).cpu().numpy()
+                    bar.update(len(rows))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _inference_model(self) -> torch.nn.Module:
+        """The module ``encode`` runs: the model itself in fp32; in bf16/fp16, a copy whose
+        ``nn.Linear`` weights are cast once (the other weights are shared, not copied).
+
+        Autocast casts every linear weight again in every batch; casting them once gives the
+        same embeddings 1.1x faster (``benchmarks/bench_encode.py``). Embeddings, LayerNorms
+        and the residual stream stay fp32 under autocast. A copy of the whole model in bf16
+        was 1.1x faster still on all of XQuAD-R, but doubled the shift of its multilingual mAP
+        against fp32 (0.0010 instead of 0.0005), so it is not used.
+        """
+        if self.precision == "fp32":
+            return self.model
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        linear = {id(t) for module in self.model.modules() if isinstance(module, torch.nn.Linear)
+                  for t in module.parameters()}
+        shared = {id(t): t for t in self.model.parameters() if id(t) not in linear}
+        clone = copy.deepcopy(self.model, memo=shared)
+        for module in clone.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(dtype)
+        return clone
+
+    # -- persistence
+    def settings(self) -> dict:
+        """The settings ``save`` writes next to the weights (restored by ``DualEncoder(path)``)."""
+        return {"name": self.name, "pooling": self.pooling, "query_prefix": self.prefixes["query"],
+                "passage_prefix": self.prefixes["passage"], "max_length": self.max_length}
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Save model, tokenizer and ``hybridlib_encoder.json`` to ``path`` (replaced atomically).
+
+        The folder loads with ``DualEncoder(path)`` (same settings) and with plain
+        ``AutoModel`` / ``AutoTokenizer``.
+        """
+        path = Path(path)
+        with atomic_dir(path, "saving") as building:
+            self.model.save_pretrained(building)
+            self.tokenizer.save_pretrained(building)
+            write_json(self.settings(), building / ENCODER_SETTINGS_FILE)
+        return path
