@@ -138,7 +138,7 @@ def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, me
     """Bars of the macro-averaged ``metric`` per setting (groups) and strategy (colours), 95% intervals.
 
     ``intervals``: ``stats.bootstrap_ci`` output (columns ``strategy, eval_dataset, setting,
-    metric, mean, ci_low, ci_high``; ``n_seeds`` is shown in the legend when present).
+    metric, mean, ci_low, ci_high``; ``n_runs`` is shown in the legend when present).
     """
     _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
                    "interval table")
@@ -154,8 +154,8 @@ def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, me
         x = np.arange(len(settings)) + (i - (len(strategies) - 1) / 2) * width
         errors = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
         label = strategy
-        if "n_seeds" in rows and rows["n_seeds"].notna().any():
-            label += f" ({int(rows['n_seeds'].max())} seed{'s' if rows['n_seeds'].max() > 1 else ''})"
+        if "n_runs" in rows and rows["n_runs"].notna().any():
+            label += f" ({int(rows['n_runs'].max())} run{'s' if rows['n_runs'].max() > 1 else ''})"
         ax.bar(x, rows["mean"], width * 0.95, yerr=errors, capsize=3, label=label,
                color=palette[strategy], error_kw={"elinewidth": 1})
     ax.set_xticks(np.arange(len(settings)), [SETTING_LABELS[s] for s in settings])

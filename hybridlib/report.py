@@ -1,11 +1,11 @@
 """The study's report: our numbers next to the paper's, the strategies' ordering, ``report.md``.
 
-The paper's headline numbers (arXiv 2408.10536, the table reproduced in docs/paper.md) are
-data here (``PAPER_RESULTS``). The paper's encoders (XLM-R and LaBSE, fine-tuned on millions
-of machine-translated pairs in nine languages) differ from ours (by default a dequantized
-4-bit copy of multilingual-e5-small fine-tuned for minutes on one LAReQA dataset), so the
-absolute numbers are not comparable: only the ORDER of the strategies within a column is
-(``strategy_ordering``).
+The paper's headline numbers (arXiv 2408.10536, docs/paper.md) come from ``hybridlib.paper``.
+The paper's encoders (XLM-R and LaBSE, fine-tuned on millions of machine-translated pairs in
+nine languages) differ from ours (by default a dequantized 4-bit copy of multilingual-e5-small
+fine-tuned for minutes on one LAReQA dataset), so the absolute numbers are not comparable: only
+the ORDER of the strategies within a column is (``strategy_ordering``), and, in the claims
+table, the size of a difference beside the paper's (``claims_table``).
 
 >>> table = comparison_table(metrics)            # metrics: the tidy table of metrics/metrics.csv
 >>> print(markdown_table(table))
@@ -19,48 +19,28 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .constants import CROSS, MONO, MULTI, PAPER_STRATEGIES, RANK_DISTANCE, is_lower_better, ordered_strategies
 from .io import write_text
-from .plots import ordered_strategies
-
-# (model, strategy) -> XQuAD-R mono / cross / multi mAP, MLQA-R mono / cross / multi mAP,
-# rank distance XQuAD-R / MLQA-R. Source: the paper's main results table (docs/paper.md).
-_PAPER_TABLE = {
-    ("XLM-R", "x-x-mono"): (.792, .674, .547, .648, .584, .473, 410.2, 287.5),
-    ("XLM-R", "x-y"): (.755, .700, .593, .626, .620, .508, 295.4, 226.7),
-    ("XLM-R", "hybrid"): (.798, .705, .593, .648, .623, .512, 286.6, 227.1),
-    ("LaBSE", "x-x-mono"): (.808, .752, .652, .681, .656, .550, 261.5, 225.3),
-    ("LaBSE", "x-y"): (.801, .762, .679, .671, .677, .576, 225.2, 198.3),
-    ("LaBSE", "hybrid"): (.817, .767, .682, .686, .681, .579, 221.1, 195.0),
-}
-# MIRACL dev, monolingual only: mean nDCG@10 and Recall@100 over languages.
-PAPER_MIRACL = pd.DataFrame(
-    [("XLM-R", "x-x-mono", .415, .768), ("XLM-R", "x-y", .399, .749), ("XLM-R", "hybrid", .405, .763),
-     ("LaBSE", "x-x-mono", .455, .812), ("LaBSE", "x-y", .418, .777), ("LaBSE", "hybrid", .441, .795)],
-    columns=["model", "strategy", "nDCG@10", "R@100"])
-# LAReQA's own baselines (mBERT, all-language pool, mAP), as quoted by the paper.
-PAPER_LAREQA_MBERT = pd.DataFrame(
-    [("en-en", .29, .36), ("x-x", .23, .26), ("x-x-mono", .52, .49), ("x-y", .66, .49)],
-    columns=["strategy", "xquad-r", "mlqa-r"])
+from .paper import paper_values
+from .stats import MARGIN_REASON, VERDICTS
 
 PAPER_NOTE = ("The paper's models (XLM-R and LaBSE, fine-tuned on millions of machine-translated pairs in "
               "nine languages, batch 100, one A100) differ from ours ({model}, fine-tuned on {training}), so "
               "absolute numbers are not comparable: only the ordering of the strategies within a column is.")
 
 # columns of the comparison table: (setting, metric) of the averaged rows -> column name
-COLUMNS = {("monolingual", "mAP"): "mono mAP", ("crosslingual", "mAP"): "cross mAP",
-           ("multilingual", "mAP"): "multi mAP", ("multilingual", "rank_distance"): "rank distance"}
-LOWER_IS_BETTER = {"rank distance"}
-PAPER_STRATEGIES = ("x-x-mono", "x-y", "hybrid")
+COLUMNS = {(MONO, "mAP"): "mono mAP", (CROSS, "mAP"): "cross mAP", (MULTI, "mAP"): "multi mAP",
+           (MULTI, RANK_DISTANCE): "rank distance"}
 
 
 def paper_results() -> pd.DataFrame:
     """The paper's headline table, tidy: ``source, strategy, eval_dataset`` + the ``COLUMNS`` values."""
-    rows = []
-    for (model, strategy), v in _PAPER_TABLE.items():
-        for dataset, (mono, cross, multi, distance) in (("xquad-r", (v[0], v[1], v[2], v[6])),
-                                                          ("mlqa-r", (v[3], v[4], v[5], v[7]))):
-            rows.append((f"paper {model}", strategy, dataset, mono, cross, multi, distance))
-    return pd.DataFrame(rows, columns=["source", "strategy", "eval_dataset", *COLUMNS.values()])
+    rows = {}
+    for model, strategy, dataset, setting, metric, value in paper_values():
+        rows.setdefault((f"paper {model}", strategy, dataset), {})[COLUMNS[(setting, metric)]] = value
+    return pd.DataFrame([dict(source=source, strategy=strategy, eval_dataset=dataset, **values)
+                         for (source, strategy, dataset), values in rows.items()],
+                        columns=["source", "strategy", "eval_dataset", *COLUMNS.values()])
 
 
 def our_results(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +97,7 @@ def strategy_ordering(table: pd.DataFrame, strategies: Sequence[str] = PAPER_STR
         row = {"eval_dataset": dataset, "source": source}
         for column in COLUMNS.values():
             values = group.set_index("strategy")[column].dropna()
-            row[column] = _order_text(values, column in LOWER_IS_BETTER) if len(values) == len(strategies) else ""
+            row[column] = _order_text(values, is_lower_better(column)) if len(values) == len(strategies) else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=["eval_dataset", "source", *COLUMNS.values()])
 
@@ -137,7 +117,7 @@ def paper_note(params, model: str) -> str:
 
 def _best_in_column(column: pd.Series, groups: pd.Series) -> list[str]:
     """CSS for each cell: bold where the value is the best of its group (lowest for the rank distance)."""
-    lower = column.name in LOWER_IS_BETTER or column.name == "rank_distance"
+    lower = is_lower_better(str(column.name))
     best = column.groupby(groups.to_numpy()).transform("min" if lower else "max")
     return ["font-weight: bold" if np.isclose(v, b) else "" for v, b in zip(column, best)]
 
@@ -160,7 +140,7 @@ def style_table(table: pd.DataFrame, group_by: Sequence[str] = ("eval_dataset",)
         styler = styler.apply(lambda _, s=styles: s, subset=[column])
         values = frame[column].dropna()
         digits = 0 if len(values) and (values % 1 == 0).all() else \
-            1 if column in LOWER_IS_BETTER or "distance" in column else 3  # counts (n_seeds) as integers
+            1 if is_lower_better(str(column)) or "distance" in str(column) else 3  # counts (n_seeds) as integers
         styler = styler.format(f"{{:.{digits}f}}", subset=[column], na_rep="")
     return styler
 
@@ -188,17 +168,32 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3, column_digits: Optional
     return "\n".join(lines)
 
 
+def _interval_text(mean: float, low: float, high: float, digits: int, sign: str = "") -> str:
+    return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def _digits(metric: str) -> int:
+    """Decimals of a metric in the tables: positions 1, fractions of a pool 4, scores 3."""
+    return 1 if metric == RANK_DISTANCE else 4 if "fraction" in metric else 3
+
+
 def interval_table(intervals: pd.DataFrame) -> pd.DataFrame:
-    """``stats.bootstrap_ci`` output as one row per (dataset, strategy), cells ``mean [low, high]``."""
+    """``stats.bootstrap_ci`` output as one row per (dataset, strategy), cells ``mean [low, high]``.
+
+    Columns ``eval_dataset, strategy``, the ``COLUMNS`` present, then (when ``intervals`` has
+    them) ``runs`` and ``clusters`` (the most of any setting) and ``resampled`` (the unit).
+    """
     intervals = intervals[[(s, m) in COLUMNS for s, m in zip(intervals["setting"], intervals["metric"])]]
-    digits = {True: 1, False: 3}
-    cells = [f"{r.mean:.{d}f} [{r.ci_low:.{d}f}, {r.ci_high:.{d}f}]"
-             for r, d in zip(intervals.itertuples(), (digits[m == "rank_distance"] for m in intervals["metric"]))]
+    cells = [_interval_text(r.mean, r.ci_low, r.ci_high, _digits(r.metric)) for r in intervals.itertuples()]
     frame = intervals.assign(cell=cells, column=[COLUMNS[(s, m)] for s, m in zip(intervals["setting"],
                                                                                      intervals["metric"])])
     table = frame.pivot_table(index=["eval_dataset", "strategy"], columns="column", values="cell",
                               aggfunc="first").reindex(columns=[c for c in COLUMNS.values()
                                                                 if c in set(frame["column"])])
+    extra = {"n_runs": "runs", "n_clusters": "clusters", "resampling_unit": "resampled"}
+    extra = {c: name for c, name in extra.items() if c in frame.columns}
+    if extra:
+        table = table.join(frame.groupby(["eval_dataset", "strategy"])[list(extra)].max().rename(columns=extra))
     table = table.reset_index()
     table.columns.name = None
     return _in_strategy_order(table.assign(source="")).drop(columns="source")
@@ -222,18 +217,63 @@ def seen_unseen_table(split: pd.DataFrame) -> pd.DataFrame:
     return table[["eval_dataset", "strategy", "languages", *metrics]].reset_index(drop=True)
 
 
+def _runs_text(a, b) -> str:
+    return "" if pd.isna(a) or pd.isna(b) else f"{int(a)} / {int(b)}"
+
+
 def significance_table(significance: pd.DataFrame) -> pd.DataFrame:
-    """The columns of ``stats.paired_tests`` output a reader needs, differences with their intervals."""
-    digits = np.where(significance["metric"] == "rank_distance", 1, 3)
+    """The columns of ``stats.paired_tests`` output a reader needs: differences with their intervals,
+    p-values, and what was resampled (clusters of questions, runs of each strategy, the unit)."""
     return pd.DataFrame({
         "eval_dataset": significance["eval_dataset"], "setting": significance["setting"],
         "metric": significance["metric"],
         "comparison": significance["strategy_a"] + " − " + significance["strategy_b"],
-        "difference [95% CI]": [f"{m:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]" for m, lo, hi, d in
-                                zip(significance["mean_diff"], significance["ci_low"], significance["ci_high"], digits)],
+        "difference [95% CI]": [_interval_text(r.mean_diff, r.ci_low, r.ci_high, _digits(r.metric), "+")
+                                for r in significance.itertuples()],
         "p": [f"{p:.3g}" for p in significance["p_value"]],
         "queries": significance["n_queries"],
+        "clusters": significance.get("n_clusters"),
+        "runs": [_runs_text(a, b) for a, b in zip(significance.get("n_runs_a", pd.Series(np.nan, significance.index)),
+                                                  significance.get("n_runs_b", pd.Series(np.nan, significance.index)))],
+        "resampled": significance.get("resampling_unit"),
     })
+
+
+def _paper_text(size: float, inside, digits: int) -> str:
+    if pd.isna(size):
+        return ""
+    return f"{size:+.{digits}f}" + ("" if pd.isna(inside) else " (in our CI)" if inside else " (outside)")
+
+
+def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """``stats.claim_verdicts`` output for reading: one row per comparison of a claim.
+
+    Columns: ``eval_dataset, claim, verdict, comparison, setting, ours [95% CI]`` (our difference
+    a − b), ``p (Holm)``, ``outcome``, ``paper XLM-R`` / ``paper LaBSE`` (the paper's difference,
+    marked whether our interval includes it), ``clusters``, ``runs`` (a / b), ``resampled``.
+    """
+    tested = claims["mean_diff"].notna()
+    return pd.DataFrame({
+        "eval_dataset": claims["eval_dataset"], "claim": claims["claim"], "verdict": claims["verdict"],
+        "comparison": claims["strategy_a"] + " − " + claims["strategy_b"],
+        "setting": claims["setting"] + np.where(claims["metric"] == "mAP", "", " " + claims["metric"]),
+        "ours [95% CI]": [_interval_text(r.mean_diff, r.ci_low, r.ci_high, _digits(r.metric), "+") if t else ""
+                          for r, t in zip(claims.itertuples(), tested)],
+        "p (Holm)": [f"{p:.3g} ({h:.3g})" if t else "" for p, h, t in zip(claims["p_value"], claims["p_holm"], tested)],
+        "outcome": claims["outcome"],
+        "paper XLM-R": [_paper_text(v, i, _digits(m)) for v, i, m in
+                        zip(claims["paper_xlmr"], claims["xlmr_in_ci"], claims["metric"])],
+        "paper LaBSE": [_paper_text(v, i, _digits(m)) for v, i, m in
+                        zip(claims["paper_labse"], claims["labse_in_ci"], claims["metric"])],
+        "clusters": claims["n_clusters"],
+        "runs": [_runs_text(a, b) for a, b in zip(claims["n_runs_a"], claims["n_runs_b"])],
+        "resampled": claims["resampling_unit"],
+    })
+
+
+def verdict_words() -> str:
+    """The verdict words of the claims table and their definitions, and the margin's reason, as markdown."""
+    return "\n".join([*(f"- **{word}**: {meaning}" for word, meaning in VERDICTS.items()), "", MARGIN_REASON])
 
 
 def training_description(params) -> str:
@@ -264,18 +304,36 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
         markdown_table(comparison, column_digits={"rank distance": 1, "n_seeds": 0}),
         "## Ordering of the strategies (best first)", markdown_table(ordering),
         "## Our numbers with 95% bootstrap intervals",
-        "Resampling question ids (and seeds, with several); see `hybridlib/stats.py`.",
+        "Each interval resamples clusters of questions (the paragraph of a question's answer) and each "
+        "strategy's training runs (`resampled`); `runs`: trained models per strategy, `clusters`: the clusters "
+        "resampled. See `hybridlib/stats/resampling.py`.",
         markdown_table(intervals),
-        "## Paired tests (sign-flip randomisation over question ids)",
-        "All pairs of strategies; `metrics/significance.csv` has every column.",
+        "## Paired tests",
+        "Difference a − b for every pair of strategies: both sides share the resampled clusters (the same "
+        "questions), each side's runs are drawn independently; the p-value comes from the same replicates (it is "
+        "below 0.05 exactly when the 95% interval excludes 0). `metrics/significance.csv` has every column.",
         markdown_table(significance_table(significance)) if not significance.empty else "(no pairs to test)",
         *(["## Languages seen and unseen in training (95% bootstrap intervals)",
             markdown_table(seen_unseen)] if seen_unseen is not None and not seen_unseen.empty else []),
-        "## The paper's claims", markdown_table(verdicts),
+        *_claims_section(verdicts),
         "## Figures",
         *[f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures if Path(f).suffix == ".png"],
     ]
     return write_text("\n\n".join(parts) + "\n", run_dir / "report.md")
+
+
+def _claims_section(verdicts: pd.DataFrame) -> list[str]:
+    """The report's claims section: the verdict per claim, every comparison with the paper's sizes, the words."""
+    summary = verdicts.drop_duplicates(["model", "eval_dataset", "claim"])[["eval_dataset", "claim", "verdict"]]
+    return [
+        "## The paper's claims", markdown_table(summary),
+        "Each comparison: our difference with its 95% interval, its p-value (Holm-adjusted over the whole table), "
+        "and the paper's own difference for the same comparison (XLM-R, LaBSE), marked whether our interval "
+        "includes it. The rank distance counts positions, so it grows with the pool: the paper's rank-distance "
+        "differences are rescaled to our pool when its size is known, else shown in the paper's positions and "
+        "not compared.",
+        markdown_table(claims_table(verdicts)), verdict_words(),
+    ]
 
 
 def publish_figures(run_dir, publish_dir) -> list[Path]:

@@ -207,18 +207,21 @@ def test_markdown_table_formats_numbers():
 
 
 def test_report_and_publish(tables, tmp_path):
-    from hybridlib.stats import bootstrap_ci, claim_verdicts, paired_tests
+    from hybridlib.stats import VERDICTS, bootstrap_ci, claim_verdicts, paired_tests
 
     per_query, metrics = tables
-    significance = paired_tests(per_query, bootstrap_samples=50)
+    clusters = {f"q{q}": f"p{q // 3}" for q in range(12)}  # 12 ids in 4 paragraphs
+    significance = paired_tests(per_query, clusters=clusters, bootstrap_samples=50)
     verdicts = claim_verdicts(significance)
     comparison = report.comparison_table(metrics)
     figure = plots.setting_bars(bootstrap_ci(per_query, bootstrap_samples=50))
     figures = plots.save_figure(figure, tmp_path / "figures" / "settings")
-    intervals = report.interval_table(bootstrap_ci(per_query, bootstrap_samples=50))
+    intervals = report.interval_table(bootstrap_ci(per_query, clusters=clusters, bootstrap_samples=50))
     assert intervals["strategy"].tolist() == ["zero-shot", "x-x-mono", "x-y", "hybrid"]
     assert intervals.columns.tolist() == ["eval_dataset", "strategy", "mono mAP", "cross mAP", "multi mAP",
-                                          "rank distance"]
+                                          "rank distance", "runs", "clusters", "resampled"]
+    assert intervals["runs"].tolist() == [2] * 4 and intervals["clusters"].tolist() == [4] * 4
+    assert set(intervals["resampled"]) == {"clusters and training runs"}
     path = report.write_report(tmp_path, StudyParams(), comparison, report.strategy_ordering(comparison),
                                intervals, significance, verdicts, figures, MODEL)
     text = path.read_text()
@@ -226,8 +229,29 @@ def test_report_and_publish(tables, tmp_path):
     assert "![settings](figures/settings.png)" in text and "settings.pdf" not in text
     assert "| Hybrid lowers the rank distance relative to X-X-mono |" in text.replace("| xquad-r ", "")
     assert text.count("\n| paper XLM-R") == 0 and "| xquad-r | paper XLM-R | x-x-mono | 0.792 |" in text
+    assert "| clusters | runs | resampled |" in text and "| 4 | 2 / 2 | clusters and training runs |" in text
+    assert all(f"- **{word}**: " in text for word in VERDICTS) and "non-inferiority margin is 0.003 mAP" in text
     published = report.publish_figures(tmp_path, tmp_path / "repo_figures")
     assert sorted(p.name for p in published) == ["settings.pdf", "settings.png"]
+
+
+def test_claims_table_shows_ours_beside_the_paper_s_differences():
+    from hybridlib.stats import claim_verdicts
+
+    significance = pd.DataFrame([("m", "xquad-r", "monolingual", "mAP", "hybrid", "x-x-mono", 0.008, 0.002, 0.014,
+                                  0.01, 40, 10, 3, 5, "paragraph clusters and training runs")],
+                                columns=["model", "eval_dataset", "setting", "metric", "strategy_a", "strategy_b",
+                                         "mean_diff", "ci_low", "ci_high", "p_value", "n_queries", "n_clusters",
+                                         "n_runs_a", "n_runs_b", "resampling_unit"])
+    table = report.claims_table(claim_verdicts(significance))
+    row = table[(table["claim"].str.startswith("Hybrid matches")) & (table["comparison"] == "hybrid − x-x-mono")
+                & (table["setting"] == "monolingual")].iloc[0]
+    assert row["ours [95% CI]"] == "+0.008 [+0.002, +0.014]"
+    assert (row["paper XLM-R"], row["paper LaBSE"]) == ("+0.006 (in our CI)", "+0.009 (in our CI)")
+    assert (row["clusters"], row["runs"], row["resampled"]) == (10, "3 / 5", "paragraph clusters and training runs")
+    untested = table[table["claim"].str.startswith("Hybrid lowers")].iloc[0]
+    assert untested["ours [95% CI]"] == "" and untested["paper XLM-R"] == "-123.6"  # positions: not compared
+    assert untested["setting"] == "multilingual rank_distance"
 
 
 # ------------------------------------------------------------------ study glue on synthetic parts
@@ -240,16 +264,18 @@ def write_parts(run_dir, per_query, tags):
         study._save_part(run_dir, study.model_tag(strategy, seed), metrics_frame(rows), rows)
 
 
-def test_collect_metrics_takes_this_study_s_parts_only(tables, tmp_path, capsys):
+def test_collect_metrics_takes_this_study_s_parts_only(tables, tmp_path, caplog):
     from hybridlib import study
 
     per_query, _ = tables
     params = StudyParams(strategies=["zero-shot", "x-y", "hybrid"], seeds=[0, 1])
     write_parts(tmp_path, per_query, [("zero-shot", 0), ("x-y", 0), ("x-y", 1), ("hybrid", 0),
                                       ("x-x-mono", 0)])  # x-x-mono: left from other parameters
-    metrics, collected, missing = study.collect_metrics(params, tmp_path)
-    assert missing == ["hybrid-seed1"] and "not evaluated yet" in capsys.readouterr().out
-    assert sorted(set(zip(metrics.strategy, metrics.seed))) == [("hybrid", 0), ("x-y", 0), ("x-y", 1), ("zero-shot", 0)]
+    with caplog.at_level("INFO", logger="hybridlib.study"):
+        metrics, collected, missing = study.collect_metrics(params, tmp_path)
+    assert missing == ["hybrid-seed1"] and "not evaluated yet" in caplog.text
+    assert sorted(set(zip(metrics.strategy, metrics.seed))) == [("hybrid", 0), ("x-y", 0), ("x-y", 1),
+                                                               ("zero-shot", 0)]
     assert len(collected) == len(per_query[per_query.strategy.isin(["x-y", "hybrid", "zero-shot"])
                                            & ~((per_query.strategy != "x-y") & (per_query.seed == 1))])
     assert pd.read_csv(tmp_path / "metrics" / "metrics.csv").shape == metrics.shape
