@@ -6,7 +6,9 @@ line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 
 from .config import load_params
 from .errors import HybridlibError
@@ -69,12 +71,32 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_cli
+    """Evaluate a model on XQuAD-R / MLQA-R, print a summary, write the tidy table to ``--out``.
 
-    evaluate_cli(model=args.model, dataset=args.dataset, out=args.out, pooling=args.pooling,
-                 query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
-                 max_length=args.max_length, max_ids=args.max_ids, strategy=args.strategy,
-                 precision=args.precision)
+    ``model``: ``default``, a model folder or a hub name (``DualEncoder``). ``--max-ids`` keeps the
+    first question ids only (quick runs); ``--precision`` is the encoder's (``resolve_precision``).
+    The CSV (tidy, ``METRIC_COLUMNS``) is written atomically.
+    """
+    from .constants import ALL, CROSS, MONO
+    from .data import load_lareqa
+    from .evaluate import evaluate_lareqa, summarize
+    from .io import write_table
+    from .models import DualEncoder
+
+    data = load_lareqa(args.dataset, max_ids=args.max_ids)
+    encoder = DualEncoder(args.model, pooling=args.pooling, query_prefix=args.query_prefix,
+                          passage_prefix=args.passage_prefix, max_length=args.max_length, precision=args.precision)
+    started = time.perf_counter()
+    metrics = evaluate_lareqa(encoder, data, model=encoder.name, strategy=args.strategy, seed=0)
+    elapsed = time.perf_counter() - started
+    pairs = metrics[(metrics["query_lang"] != ALL) & (metrics["pool_lang"] != ALL)]
+    n_settings = pairs.drop_duplicates(["setting", "query_lang", "pool_lang"])["setting"].value_counts()
+    print(f"{encoder.name} ({encoder.precision}) on {args.dataset}: {len(data.questions)} questions, "
+          f"{len(data.candidates)} candidates; {n_settings.get(MONO, 0)} monolingual + "
+          f"{n_settings.get(CROSS, 0)} cross-lingual settings + multilingual ({elapsed:.0f} s)")
+    print(summarize(metrics).T.to_string(header=False, float_format="{:.3f}".format))
+    if args.out:
+        print(f"metrics written to {write_table(metrics, args.out)}")
 
 
 def _cmd_run(args) -> None:
@@ -135,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of the ``hybridlib`` console script."""
     args = build_parser().parse_args(argv)
+    # library modules log progress at INFO (logging.getLogger(__name__)); show theirs, other packages' warnings
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("hybridlib").setLevel(logging.INFO)
     try:
         args.func(args)
     except HybridlibError as error:

@@ -98,7 +98,7 @@ class StudyParams(BaseModel):
     train_dataset: Union[str, list[str]] = "mlqa-r"  # LAReQA name, "mmarco", or a .jsonl path
     train_languages: Optional[list[str]] = None  # None = every language of the training data
     train_max_ids: Optional[int] = Field(None, ge=2)  # cap on question ids (smoke runs)
-    validation_ids: int = Field(64, ge=0)  # ids held out for the validation loss
+    validation_ids: int = Field(64, ge=0)  # ids held out for validation (the selection score)
 
     # -- evaluation
     eval_datasets: list[str] = ["xquad-r"]
@@ -118,7 +118,7 @@ class StudyParams(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(0.05, gt=0)
     max_steps: int = Field(100, ge=1)
-    eval_every: int = Field(25, ge=1)  # steps between validation losses / checkpoints
+    eval_every: int = Field(25, ge=1)  # steps between validations / checkpoints
     early_stopping_patience: Optional[int] = Field(None, ge=1)  # validations without progress
     grad_cache_chunk: Optional[int] = Field(None, ge=1)  # GradCache chunk size; None = plain
     symmetric_loss: bool = False  # add the passage-to-query InfoNCE term

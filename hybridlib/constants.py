@@ -23,10 +23,21 @@ SETTINGS = (MONO, CROSS, MULTI)
 ALL = "all"  # the language columns of a macro-averaged row
 
 # ----------------------------------------------------------------------------- metrics
+# Per query, in every pool. R@k is the share of the query's relevant candidates in the top k: in
+# the multilingual pool of XQuAD-R a question has 11 relevant answers, so R@1 <= 1/11 there.
 RANKING_METRICS = ("mAP", "R@1", "R@10", "nDCG@10")
+# Multilingual pool only. Hit@k: at least one relevant candidate in the top k.
+HIT_METRICS = ("Hit@1", "Hit@10")
+# Language bias (multilingual pool): max - min rank of a query's relevant candidates, in positions
+# (grows with the pool) and as a fraction of the pool's size (comparable across pools and datasets).
 RANK_DISTANCE = "rank_distance"
-METRICS = RANKING_METRICS + (RANK_DISTANCE,)
-LOWER_IS_BETTER = frozenset({RANK_DISTANCE})
+RANK_DISTANCE_FRACTION = "rank_distance_fraction"
+# Share of the top k of the multilingual pool in the query's own language (lower: less biased,
+# down to about 1 / number of languages).
+OWN_LANGUAGE_K = 10
+OWN_LANGUAGE = f"own_lang@{OWN_LANGUAGE_K}"
+METRICS = RANKING_METRICS + HIT_METRICS + (RANK_DISTANCE, RANK_DISTANCE_FRACTION, OWN_LANGUAGE)
+LOWER_IS_BETTER = frozenset({RANK_DISTANCE, RANK_DISTANCE_FRACTION, OWN_LANGUAGE})
 
 # ----------------------------------------------------------------------------- precision
 # "auto": bf16 where the hardware computes it natively (CUDA, AVX-512-BF16/AMX CPUs), else fp32.
@@ -36,13 +47,18 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KEYS = ("model", "strategy", "seed", "eval_dataset")
 METRIC_COLUMNS = KEYS + ("setting", "query_lang", "pool_lang", "metric", "value")
 PER_QUERY_COLUMNS = KEYS + ("setting", "query_lang", "pool_lang", "query_id", "metric", "value")
-# Held-out retrieval columns of a validation log (``hybridlib.train``).
-VALIDATION_RETRIEVAL_COLUMNS = ("val_mAP", "val_R@10")
+# Held-out retrieval columns of a validation log (``hybridlib.train.validation``). The checkpoint of
+# every strategy is selected on VALIDATION_SCORE (higher is better): the mean of the held-out mAP
+# of the three settings, identical in kind for every strategy.
+VALIDATION_SCORE = "val_score"
+VALIDATION_RECALL = "val_R@10"
+VALIDATION_MAP_COLUMNS = {setting: f"val_mAP_{setting}" for setting in SETTINGS}
+VALIDATION_RETRIEVAL_COLUMNS = (VALIDATION_SCORE, *VALIDATION_MAP_COLUMNS.values(), VALIDATION_RECALL)
 
 
 def is_lower_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is better (the rank distance; display names too)."""
-    return metric in LOWER_IS_BETTER or metric.replace(" ", "_") in LOWER_IS_BETTER
+    """Whether a smaller value of ``metric`` is better (the language-bias measures)."""
+    return metric in LOWER_IS_BETTER
 
 
 def ordered_strategies(strategies: Iterable[str]) -> list[str]:

@@ -30,12 +30,16 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .constants import MULTI, RANK_DISTANCE, SETTINGS, VALIDATION_RETRIEVAL_COLUMNS, ordered_strategies
+from .constants import MULTI, RANK_DISTANCE, SETTINGS, VALIDATION_SCORE, ordered_strategies
 from .io import atomic_path
 
 SETTING_LABELS = {"monolingual": "monolingual X→X", "crosslingual": "cross-lingual X→Y",
                   "multilingual": "multilingual X→all"}
-VAL_RECALL = VALIDATION_RETRIEVAL_COLUMNS[1]  # held-out R@10 of the validation log (hybridlib.train)
+# The validation-log columns drawn against the step: the selection score first (one yardstick for every
+# strategy), then each run's own loss (not comparable across strategies).
+_VALIDATION_PANELS = ((VALIDATION_SCORE, "validation score: held-out mAP, mean of 3 settings\n"
+                                         "(selects every checkpoint; higher is better)"),
+                      ("val_loss", "validation loss (each strategy's own batches;\nnot comparable across strategies)"))
 _PALETTE = sns.color_palette("colorblind", 10)
 STRATEGY_COLORS = {"zero-shot": _PALETTE[7], "x-x-mono": _PALETTE[0], "x-y": _PALETTE[1],
                    "hybrid": _PALETTE[2], "x-x": _PALETTE[4], "en-en": _PALETTE[5]}
@@ -204,13 +208,15 @@ def smooth(values: pd.Series, span: int) -> pd.Series:
 
 def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = None,
                     span: Optional[int] = None, title: str = "") -> Figure:
-    """Training loss (raw, faint; EMA-smoothed, bold), validation loss and held-out R@10 against the step.
+    """Training loss, the validation score that selects every checkpoint, and each run's validation loss.
 
     ``train_log``: columns ``strategy, seed, step, loss`` (``study.read_train_logs``);
-    ``val_log``: columns ``strategy, seed, step, val_loss`` and optionally ``val_R@10``
-    (``study.read_val_logs``), optional.
-    Each seed is one line. ``span`` defaults to a twentieth of the steps. An empty log (a
-    study without fine-tuning) gives a figure that says so.
+    ``val_log``: columns ``strategy, seed, step`` and ``val_score`` and/or ``val_loss``
+    (``study.read_val_logs``), optional. ``val_score`` (held-out mAP averaged over the three
+    settings) is the same yardstick for every strategy, so its panel compares them on one axis;
+    the losses are each strategy's own objective on its own kind of batch and do not compare
+    across strategies. Each seed is one line. ``span`` (EMA of the training loss) defaults to a
+    twentieth of the steps. An empty log (a study without fine-tuning) gives a figure that says so.
     """
     if train_log.empty:
         fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
@@ -218,9 +224,9 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.set_axis_off()
         return fig
     _check_columns(train_log, ["strategy", "seed", "step", "loss"], "training log")
-    has_val = val_log is not None and not val_log.empty
-    has_recall = has_val and VAL_RECALL in val_log.columns and val_log[VAL_RECALL].notna().any()
-    panels = 1 + has_val + has_recall
+    val_panels = [(column, label) for column, label in _VALIDATION_PANELS
+                  if val_log is not None and column in val_log.columns and val_log[column].notna().any()]
+    panels = 1 + len(val_panels)
     fig, axes = plt.subplots(1, panels, figsize=(1 + 5 * panels, 4), squeeze=False, layout="constrained")
     ax = axes[0, 0]
     span = span or max(1, int(train_log["step"].max()) // 20)
@@ -230,31 +236,18 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.plot(run["step"], run["loss"], color=colour, alpha=0.2, linewidth=0.8)
         ax.plot(run["step"], smooth(run["loss"], span), color=colour, linewidth=1.8,
                 label=strategy if seed == _first_seed(train_log, strategy) else None)
-    ax.set_xlabel("training step")
     ax.set_ylabel("InfoNCE loss (batch)")
     ax.set_title(f"training loss (EMA over {span} steps; faint: raw)" if span > 1 else "training loss")
     ax.legend(title="batches", fontsize=8)
-    ax.grid(alpha=0.3)
-    if has_val:
-        _check_columns(val_log, ["strategy", "seed", "step", "val_loss"], "validation log")
-        ax = axes[0, 1]
+    for ax, (column, label) in zip(axes[0, 1:], val_panels):
         for (strategy, seed), run in _runs(val_log):
-            ax.plot(run["step"], run["val_loss"], marker="o", markersize=3, color=palette.get(strategy, "grey"),
+            ax.plot(run["step"], run[column], marker="o", markersize=3, color=palette.get(strategy, "grey"),
                     label=strategy if seed == _first_seed(val_log, strategy) else None)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("validation loss")
-        ax.set_title("validation loss (held-out ids)")
-        ax.legend(title="batches", fontsize=8)
-        ax.grid(alpha=0.3)
-    if has_recall:
-        ax = axes[0, 2]
-        for (strategy, _seed), run in _runs(val_log):
-            ax.plot(run["step"], run[VAL_RECALL], marker="o", markersize=3, color=palette.get(strategy, "grey"))
-        ax.set_xlabel("training step")
-        ax.set_ylabel("R@10")
-        ax.set_title("held-out R@10 (multilingual pool)")
-        ax.grid(alpha=0.3)
+        ax.set_ylabel(column)
+        ax.set_title(label, fontsize=10)
     for ax in axes.ravel():
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
@@ -304,18 +297,16 @@ def alpha_sweep(intervals: pd.DataFrame, alphas: dict, eval_dataset: Optional[st
 
 
 def alpha_convergence(val_log: pd.DataFrame, alphas: dict, title: str = "") -> Figure:
-    """Validation loss and held-out R@10 against the step, one colour per alpha (mean over seeds; faint: seeds).
+    """Validation score and validation loss against the step, one colour per alpha (mean over seeds; faint: seeds).
 
-    ``val_log``: ``study.read_val_logs`` (columns ``strategy, seed, step, val_loss`` and
-    ``val_R@10`` when the models were trained with it); ``alphas``: ``study.hybrid_alphas``.
+    ``val_log``: ``study.read_val_logs`` (columns ``strategy, seed, step`` and ``val_score`` and/or
+    ``val_loss``); ``alphas``: ``study.hybrid_alphas``.
     """
-    _check_columns(val_log, ["strategy", "seed", "step", "val_loss"], "validation log")
+    _check_columns(val_log, ["strategy", "seed", "step"], "validation log")
     data = val_log[val_log["strategy"].isin(list(alphas))]
     if data.empty:
         raise ValueError(f"no validation rows of the runs {', '.join(alphas)}")
-    columns = [("val_loss", "validation loss")]
-    if VAL_RECALL in data.columns and data[VAL_RECALL].notna().any():
-        columns.append((VAL_RECALL, "held-out R@10 (multilingual pool)"))
+    columns = [(c, label) for c, label in _VALIDATION_PANELS if c in data.columns and data[c].notna().any()]
     fig, axes = plt.subplots(1, len(columns), figsize=(1 + 5 * len(columns), 4), squeeze=False, layout="constrained")
     colours = _alpha_colours(alphas)
     for ax, (column, label) in zip(axes[0], columns):
@@ -327,7 +318,8 @@ def alpha_convergence(val_log: pd.DataFrame, alphas: dict, title: str = "") -> F
             ax.plot(mean.index, mean.values, marker="o", markersize=3, color=colours[strategy],
                     label=f"{alpha:g}")
         ax.set_xlabel("training step")
-        ax.set_ylabel(label)
+        ax.set_ylabel(column)
+        ax.set_title(label, fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0, 0].legend(title="alpha", fontsize=8)

@@ -19,9 +19,19 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .constants import CROSS, MONO, MULTI, PAPER_STRATEGIES, RANK_DISTANCE, is_lower_better, ordered_strategies
+from .constants import (
+    CROSS,
+    MONO,
+    MULTI,
+    OWN_LANGUAGE,
+    PAPER_STRATEGIES,
+    RANK_DISTANCE,
+    RANK_DISTANCE_FRACTION,
+    is_lower_better,
+    ordered_strategies,
+)
 from .io import write_text
-from .paper import paper_values
+from .paper import PAPER_POOL_SIZES, paper_values
 from .stats import MARGIN_REASON, VERDICTS
 
 PAPER_NOTE = ("The paper's models (XLM-R and LaBSE, fine-tuned on millions of machine-translated pairs in "
@@ -30,14 +40,26 @@ PAPER_NOTE = ("The paper's models (XLM-R and LaBSE, fine-tuned on millions of ma
 
 # columns of the comparison table: (setting, metric) of the averaged rows -> column name
 COLUMNS = {(MONO, "mAP"): "mono mAP", (CROSS, "mAP"): "cross mAP", (MULTI, "mAP"): "multi mAP",
-           (MULTI, RANK_DISTANCE): "rank distance"}
+           (MULTI, RANK_DISTANCE): "rank distance", (MULTI, RANK_DISTANCE_FRACTION): "rank distance / pool",
+           (MULTI, OWN_LANGUAGE): "own lang@10"}
+# columns shown with one decimal (positions); the others are shares and get three
+POSITION_COLUMNS = {"rank distance", RANK_DISTANCE}
+
+
+def _lower_is_better(column) -> bool:
+    """For a metric name or a ``COLUMNS`` display name."""
+    names = {name: metric for (_, metric), name in COLUMNS.items()}
+    return is_lower_better(names.get(str(column), str(column)))
 
 
 def paper_results() -> pd.DataFrame:
     """The paper's headline table, tidy: ``source, strategy, eval_dataset`` + the ``COLUMNS`` values."""
     rows = {}
     for model, strategy, dataset, setting, metric, value in paper_values():
-        rows.setdefault((f"paper {model}", strategy, dataset), {})[COLUMNS[(setting, metric)]] = value
+        row = rows.setdefault((f"paper {model}", strategy, dataset), {})
+        row[COLUMNS[(setting, metric)]] = value
+        if metric == RANK_DISTANCE:  # the paper ranked the full pools (an assumption: paper.py)
+            row[COLUMNS[(MULTI, RANK_DISTANCE_FRACTION)]] = value / PAPER_POOL_SIZES[dataset]
     return pd.DataFrame([dict(source=source, strategy=strategy, eval_dataset=dataset, **values)
                          for (source, strategy, dataset), values in rows.items()],
                         columns=["source", "strategy", "eval_dataset", *COLUMNS.values()])
@@ -97,7 +119,7 @@ def strategy_ordering(table: pd.DataFrame, strategies: Sequence[str] = PAPER_STR
         row = {"eval_dataset": dataset, "source": source}
         for column in COLUMNS.values():
             values = group.set_index("strategy")[column].dropna()
-            row[column] = _order_text(values, is_lower_better(column)) if len(values) == len(strategies) else ""
+            row[column] = _order_text(values, _lower_is_better(column)) if len(values) == len(strategies) else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=["eval_dataset", "source", *COLUMNS.values()])
 
@@ -117,7 +139,7 @@ def paper_note(params, model: str) -> str:
 
 def _best_in_column(column: pd.Series, groups: pd.Series) -> list[str]:
     """CSS for each cell: bold where the value is the best of its group (lowest for the rank distance)."""
-    lower = is_lower_better(str(column.name))
+    lower = _lower_is_better(column.name)
     best = column.groupby(groups.to_numpy()).transform("min" if lower else "max")
     return ["font-weight: bold" if np.isclose(v, b) else "" for v, b in zip(column, best)]
 
@@ -140,7 +162,7 @@ def style_table(table: pd.DataFrame, group_by: Sequence[str] = ("eval_dataset",)
         styler = styler.apply(lambda _, s=styles: s, subset=[column])
         values = frame[column].dropna()
         digits = 0 if len(values) and (values % 1 == 0).all() else \
-            1 if is_lower_better(str(column)) or "distance" in str(column) else 3  # counts (n_seeds) as integers
+            1 if str(column) in POSITION_COLUMNS else 3  # counts (n_seeds) as integers
         styler = styler.format(f"{{:.{digits}f}}", subset=[column], na_rep="")
     return styler
 

@@ -55,7 +55,6 @@ from .constants import BATCH_STRATEGIES
 from .errors import HybridlibError
 
 # Alias for the old hybridlib/train.py only; delete it once the hybridlib/train/ package replaces that file.
-STRATEGIES = BATCH_STRATEGIES
 NO_ROW = -1  # in ``Batch.parallel_rows``: this id has no other language
 # The sampler's independent random streams, in ``SeedSequence.spawn`` order: a stream added
 # later goes at the end, so the existing ones keep their numbers.

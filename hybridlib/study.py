@@ -11,6 +11,7 @@ and ``<tag>.val.csv`` (02), ``models/<tag>/`` (02, only with ``keep_models``),
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -22,6 +23,8 @@ from .config import DATASET_LANGUAGES, StudyParams, load_params
 from .data import LaReQA, load_lareqa
 from .errors import HybridlibError
 from .io import write_json, write_table
+
+log = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero-shot"
 # MIRACL dev languages (Zhang et al. 2023): monolingual retrieval only.
@@ -159,16 +162,15 @@ def prepare(params: StudyParams, run_dir: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------- 02/03: evaluate
 def _miracl_metrics(encoder, params: StudyParams, strategy: str, seed: int, cache) -> tuple:
-    from .evaluate import ALL, evaluate_beir
+    """MIRACL dev of each evaluation language (``evaluate.evaluate_beir``) and their macro average
+    (``evaluate.aggregate`` of the languages' per-query tables)."""
+    from .evaluate import aggregate, evaluate_beir
 
     languages = [l for l in (params.eval_languages or MIRACL_LANGUAGES) if l in MIRACL_LANGUAGES]
-    parts = [evaluate_beir(encoder, f"miracl:{lang}", model=encoder.name, strategy=strategy, seed=seed,
-                           language=lang, per_query=True, cache=cache) for lang in languages]
-    metrics = pd.concat([p[0] for p in parts], ignore_index=True)
-    keys = ["model", "strategy", "seed", "eval_dataset", "setting", "metric"]
-    macro = metrics.groupby(keys, as_index=False)["value"].mean().assign(query_lang=ALL, pool_lang=ALL)
-    return pd.concat([metrics, macro[metrics.columns]], ignore_index=True), \
-        pd.concat([p[1] for p in parts], ignore_index=True)
+    per_query = pd.concat([evaluate_beir(encoder, f"miracl:{lang}", model=encoder.name, strategy=strategy, seed=seed,
+                                         language=lang, per_query=True, cache=cache)[1] for lang in languages],
+                          ignore_index=True)
+    return aggregate(per_query), per_query
 
 
 def evaluate_encoder(encoder, params: StudyParams, strategy: str, seed: int,
@@ -251,7 +253,7 @@ def evaluate_zero_shot(params: StudyParams, run_dir: Path) -> Optional[pd.DataFr
     from .models import DualEncoder
 
     if ZERO_SHOT not in params.strategies:
-        print("zero-shot is not among the strategies: not evaluated")
+        log.info("zero-shot is not among the strategies: not evaluated")
         return None
     encoder = DualEncoder.from_params(params)
     metrics, per_query = evaluate_encoder(encoder, params, ZERO_SHOT, params.seeds[0], cache=True)
@@ -270,7 +272,7 @@ def collect_metrics(params: StudyParams, run_dir: Path) -> tuple[pd.DataFrame, p
     present = [t for t in expected_tags(params) if (parts_dir / f"{t}.csv").is_file()]
     missing = [t for t in expected_tags(params) if t not in present]
     if missing:
-        print(f"not evaluated yet (run 02_train / hybridlib run for them): {', '.join(missing)}")
+        log.warning("not evaluated yet (run 02_train / hybridlib run for them): %s", ", ".join(missing))
     if not present:
         raise StudyError(f"no metrics in {parts_dir}: run 02_train (or the zero-shot evaluation of 03) first")
     metrics = pd.concat([pd.read_csv(parts_dir / f"{t}.csv") for t in present], ignore_index=True)

@@ -1,9 +1,10 @@
-"""LAReQA / BEIR evaluation: settings, relevant sets, averages, cache, CLI.
+"""LAReQA / BEIR evaluation: settings, relevant sets, averages, cache.
 
 Per-query values are checked against an independent brute-force evaluator written here
-(sklearn's average_precision_score per query and pool, an explicit sort for R@k / nDCG /
-rank distance), on real XQuAD-R / MLQA-R subsets with integer embeddings (exact, tied
-scores). BEIR metrics are checked against pytrec_eval.
+(sklearn's average_precision_score per query and pool, an explicit sort for R@k / Hit@k /
+nDCG / rank distance, each candidate's chance to be in the top 10 for the own-language
+share), on real XQuAD-R / MLQA-R subsets with integer embeddings (exact, tied scores). BEIR
+metrics are checked against pytrec_eval. The ``hybridlib evaluate`` command: tests/test_cli.py.
 """
 import hashlib
 import json
@@ -14,12 +15,21 @@ import pytest
 import pytrec_eval
 from sklearn.metrics import average_precision_score
 
-from hybridlib.cli import main
+from hybridlib.constants import ALL, CROSS, METRIC_COLUMNS, MONO, MULTI, PER_QUERY_COLUMNS
 from hybridlib.data import LaReQA, load_lareqa
 from hybridlib.errors import HybridlibError
-from hybridlib.evaluate import (ALL, CROSS, METRIC_COLUMNS, MONO, MULTI, PER_QUERY_COLUMNS, EvaluationError,
-                                PoolEmbeddings, aggregate, encode_pools, evaluate_beir, evaluate_lareqa, load_beir,
-                                model_fingerprint, summarize, write_table)
+from hybridlib.evaluate import (
+    EvaluationError,
+    PoolEmbeddings,
+    aggregate,
+    encode_pools,
+    evaluate_beir,
+    evaluate_lareqa,
+    load_beir,
+    model_fingerprint,
+    summarize,
+)
+from hybridlib.io import write_table
 
 
 def random_embeddings(data, dim=8, seed=0, integer=False):
@@ -70,9 +80,21 @@ def brute_force(data, queries, candidates):
             values = {"mAP": average_precision_score(truth, scores), "R@1": np.mean(positions <= 1) * 1.0,
                       "R@10": np.mean(positions <= 10) * 1.0, "nDCG@10": gains / ideal}
             if setting == MULTI:
-                values["rank_distance"] = float(positions.max() - positions.min())
+                distance = float(positions.max() - positions.min())
+                values.update({"Hit@1": float(positions.min() <= 1), "Hit@10": float(positions.min() <= 10),
+                               "rank_distance": distance, "rank_distance_fraction": distance / len(members),
+                               "own_lang@10": own_share(scores, (c["lang"] == lang).to_numpy(), 10)})
             rows += [(setting, lang, pool, qid, m, v) for m, v in values.items()]
     return pd.DataFrame(rows, columns=["setting", "query_lang", "pool_lang", "query_id", "metric", "value"])
+
+
+def own_share(scores, own, k):
+    """Expected share of the ``own`` candidates in the top k when tied scores are ordered at
+    random: each candidate is in the top k with probability (k - #above) / #tied, clipped to [0, 1]."""
+    k = min(k, len(scores))
+    above = (scores[None, :] > scores[:, None]).sum(axis=1)
+    tied = (scores[None, :] == scores[:, None]).sum(axis=1)
+    return float(np.clip((k - above) / tied, 0, 1)[own].sum() / k)
 
 
 def as_index(frame):
@@ -101,8 +123,10 @@ def test_settings_on_full_data(dataset, n_lang, n_mono, n_cross):
     assert pairs["setting"].value_counts().to_dict() == {CROSS: n_cross, MONO: n_mono, MULTI: n_lang}
     assert (pairs.loc[pairs["setting"] == MULTI, "pool_lang"] == ALL).all()
     macro = metrics[(metrics["query_lang"] == ALL) & (metrics["pool_lang"] == ALL)]
+    multilingual_only = ("Hit@1", "Hit@10", "rank_distance", "rank_distance_fraction", "own_lang@10")
     assert set(zip(macro["setting"], macro["metric"])) == (
-        {(s, m) for s in (MONO, CROSS, MULTI) for m in ("mAP", "R@1", "R@10", "nDCG@10")} | {(MULTI, "rank_distance")})
+        {(s, m) for s in (MONO, CROSS, MULTI) for m in ("mAP", "R@1", "R@10", "nDCG@10")}
+        | {(MULTI, m) for m in multilingual_only})
     # every query is evaluated monolingually and multilingually exactly once per metric
     counts = per_query[per_query["metric"] == "mAP"].groupby("setting", observed=True).size()
     assert counts[MONO] == counts[MULTI] == len(data.questions)
@@ -154,6 +178,10 @@ def test_hand_made_example():
     # multilingual pool: d2 .95, e2 .9, [e0 .8], [d1 .5], e1 .3, d0 .1 -> positions 3 and 4
     assert value[MULTI, "en", ALL, "mAP"] == pytest.approx((1 / 3 + 2 / 4) / 2)
     assert value[MULTI, "en", ALL, "rank_distance"] == 1
+    assert value[MULTI, "en", ALL, "rank_distance_fraction"] == pytest.approx(1 / 6)  # of the 6 candidates
+    assert value[MULTI, "en", ALL, "R@1"] == 0 and value[MULTI, "en", ALL, "Hit@10"] == 1
+    # top 3 of the 6 (k = 10 > pool: the whole pool): own-language share 3/6 for both languages
+    assert value[MULTI, "en", ALL, "own_lang@10"] == pytest.approx(0.5)
     assert value[MULTI, "en", ALL, "nDCG@10"] == pytest.approx((1 / 2 + 1 / np.log2(5)) / (1 + 1 / np.log2(3)))
     assert value[MULTI, ALL, ALL, "R@10"] == 1
 
@@ -173,7 +201,11 @@ def test_averages_are_per_setting_then_macro():
         per_query.query("setting == @CROSS and metric == 'mAP'")["value"].mean(), abs=1e-9)
     table = summarize(metrics)
     assert table.loc[("m", "zero-shot", 0, "mlqa-r"), "cross mAP"] == pytest.approx(value[CROSS, ALL, ALL, "mAP"])
-    assert table.loc[("m", "zero-shot", 0, "mlqa-r"), "rank distance"] == value[MULTI, ALL, ALL, "rank_distance"]
+    row = table.loc[("m", "zero-shot", 0, "mlqa-r")]
+    assert row["rank distance"] == value[MULTI, ALL, ALL, "rank_distance"]
+    assert row["rank distance fraction"] == value[MULTI, ALL, ALL, "rank_distance_fraction"]
+    assert row["own lang@10"] == value[MULTI, ALL, ALL, "own_lang@10"]
+    assert row["multi Hit@10"] >= row["multi R@10"]  # a hit needs one of the 2-4 answers, R@10 their share
 
 
 def test_bad_embeddings_are_clear_errors():
@@ -230,37 +262,38 @@ class _NoEncoding:
         raise AssertionError("expected a cache hit")
 
 
+class _OnGrid:
+    """An encoder's embeddings rounded to multiples of 2^-10, so that every float32 dot product is exact.
+
+    Products of two grid values are multiples of 2^-20; for (nearly) unit vectors every partial
+    sum is at most ~1.1 in magnitude, i.e. < 2^24 multiples of 2^-20: exactly representable in
+    float32 whatever the summation order. The evaluation's torch product and the brute force's
+    numpy product then give identical scores, ties included, and must agree exactly.
+    """
+
+    def __init__(self, encoder):
+        self.encoder, self.name = encoder, encoder.name
+        self.fingerprint = f"grid-2^-10-{model_fingerprint(encoder)}"
+
+    def encode(self, texts, kind):
+        return np.round(np.asarray(self.encoder.encode(texts, kind=kind)) * 1024) / 1024
+
+
 @pytest.mark.slow
 def test_default_encoder_end_to_end(default_encoder, tmp_path):
     data = load_lareqa("xquad-r", max_ids=30)
-    metrics = evaluate_lareqa(default_encoder, data, model="e5", strategy="zero-shot", seed=0,
-                              cache=tmp_path, progress=False)
+    encoder = _OnGrid(default_encoder)
+    metrics, per_query = evaluate_lareqa(encoder, data, model="e5", strategy="zero-shot", seed=0,
+                                         per_query=True, cache=tmp_path, progress=False)
     # the same embeddings, from the cache (their alignment with the texts is tested with HashEncoder)
-    embeddings = encode_pools(_NoEncoding(default_encoder), data, cache=tmp_path)
-    queries = brute_force(data, embeddings.queries, embeddings.candidates)
-    pairs = queries.groupby(["setting", "query_lang", "pool_lang", "metric"])["value"].mean()
-    macro = pairs.groupby(["setting", "metric"]).mean()
+    embeddings = encode_pools(_NoEncoding(encoder), data, cache=tmp_path)
+    assert np.all(np.abs(np.linalg.norm(embeddings.candidates, axis=1) - 1) < 0.05)  # the grid bound's premise
+    expected = brute_force(data, embeddings.queries, embeddings.candidates)
+    ours, expected = as_index(per_query), as_index(expected)
+    assert ours.index.equals(expected.index)
+    np.testing.assert_allclose(ours.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
     value = metrics.set_index(["setting", "query_lang", "pool_lang", "metric"])["value"]
-    for (setting, metric), expected in macro.items():
-        assert value[setting, ALL, ALL, metric] == pytest.approx(expected, abs=1e-3)
-    for key, expected in pairs.items():
-        assert value[key] == pytest.approx(expected, abs=1e-3)
-    assert value[MONO, ALL, ALL, "mAP"] > 0.5  # a real retriever, far above chance (~0.02)
-
-
-def test_cli_evaluate_writes_the_tidy_csv(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "m.csv"
-    assert main(["evaluate", str(tiny_model_dir), "--dataset", "mlqa-r", "--max-ids", "4",
-                 "--strategy", "x-y", "--precision", "fp32", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "(fp32) on mlqa-r" in printed
-    n_lang = len(load_lareqa("mlqa-r", max_ids=4).languages)
-    assert f"{n_lang} monolingual" in printed and "mono mAP" in printed and "rank distance" in printed
-    table = pd.read_csv(out)
-    assert list(table.columns) == list(METRIC_COLUMNS) and set(table["strategy"]) == {"x-y"}
-    assert set(table["eval_dataset"]) == {"mlqa-r"} and table["value"].notna().all()
-    assert list((tmp_path / "cache" / "embeddings").glob("*.npy"))
+    assert value[MONO, ALL, ALL, "mAP"] > 0.5  # a real retriever: a random order of ~10 candidates gives ~0.3
 
 
 def test_per_query_table_round_trips_through_parquet_and_csv(tmp_path):
@@ -315,9 +348,28 @@ def test_beir_metrics_match_pytrec_eval(tmp_path):
         assert got[qid, "nDCG@10"] == pytest.approx(values["ndcg_cut_10"], abs=1e-12)
         assert got[qid, "R@100"] == pytest.approx(values["recall_100"], abs=1e-12)
     assert 0 < got[:, "R@100"].mean() < 1  # the check is not trivial
-    value = metrics.set_index("metric")["value"]
-    assert value["nDCG@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in expected.values()]))
-    assert set(metrics["query_lang"]) == {"xx"} and set(metrics["setting"]) == {MONO}
+    value = metrics.set_index(["query_lang", "metric"])["value"]
+    assert value["xx", "nDCG@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in expected.values()]))
+    assert value[ALL, "nDCG@10"] == value["xx", "nDCG@10"]  # the macro average of one language
+    assert set(metrics["query_lang"]) == {"xx", ALL} and set(metrics["setting"]) == {MONO}
+
+
+def test_beir_languages_are_macro_averaged_by_aggregate(tmp_path):
+    """MIRACL's way: the per-query tables of several languages, concatenated, give per-language
+    means and their unweighted mean (not the mean over all queries)."""
+    encoder = HashEncoder(dim=4)
+    parts = []
+    for lang, n in (("xx", 3), ("yy", 9)):
+        (tmp_path / lang).mkdir()
+        folder = write_beir(tmp_path / lang / "corpus", n_queries=n, seed=n)  # one dataset name, as MIRACL's
+        parts.append(evaluate_beir(encoder, folder, model="hash", language=lang, per_query=True, cache=False)[1])
+    per_query = pd.concat(parts, ignore_index=True)
+    value = aggregate(per_query).set_index(["query_lang", "metric"])["value"]
+    means = [part.groupby("metric")["value"].mean() for part in parts]
+    for metric in ("nDCG@10", "R@100"):
+        assert value["xx", metric] == pytest.approx(means[0][metric])
+        assert value[ALL, metric] == pytest.approx((means[0][metric] + means[1][metric]) / 2)
+    assert value[ALL, "nDCG@10"] != pytest.approx(per_query.query("metric == 'nDCG@10'")["value"].mean())
 
 
 def test_beir_input_errors(tmp_path):
@@ -329,9 +381,33 @@ def test_beir_input_errors(tmp_path):
         load_beir(folder)
 
 
-def test_evaluate_lareqa_table_equals_aggregate_of_its_per_query_table():
+def reference_aggregate(per_query):
+    """The definition of the tidy table with pandas groupby: language-pair means, then their means."""
+    pairs = per_query.groupby(["model", "strategy", "seed", "eval_dataset", "setting", "query_lang", "pool_lang",
+                               "metric"], observed=True)["value"].mean()
+    macro = pairs.groupby(level=["model", "strategy", "seed", "eval_dataset", "setting", "metric"]).mean()
+    macro = macro.to_frame().assign(query_lang=ALL, pool_lang=ALL).set_index(["query_lang", "pool_lang"], append=True)
+    return pd.concat([pairs, macro.reorder_levels(pairs.index.names)["value"]])
+
+
+def test_aggregate_equals_the_groupby_definition_in_any_row_order():
     data = load_lareqa("mlqa-r", max_ids=40)
     rng = np.random.default_rng(3)
     embeddings = (rng.standard_normal((len(data.questions), 8)), rng.standard_normal((len(data.candidates), 8)))
     table, queries = evaluate_lareqa(embeddings, data, model="m", per_query=True)
-    pd.testing.assert_frame_equal(table, aggregate(queries), check_exact=False, rtol=1e-12)
+    assert table.equals(aggregate(queries))
+    # two seeds, plain string columns, shuffled rows and missing values
+    both = pd.concat([queries, evaluate_lareqa(embeddings, data, model="m", seed=1, per_query=True)[1]])
+    both = both.astype({c: str for c in ("model", "strategy", "eval_dataset", "setting", "query_lang", "pool_lang",
+                                         "query_id", "metric")}).sample(frac=1.0, random_state=0)
+    both.loc[both.index[::7], "value"] = np.nan
+    ours = aggregate(both)
+    assert list(ours.columns) == list(METRIC_COLUMNS) and len(ours) == 2 * len(table)
+    expected = reference_aggregate(both)
+    got = ours.set_index(list(expected.index.names))["value"]
+    # both sum at most a few thousand float64 values in [0, 1]: rounding ~ 1e3 * 2^-53, far below 1e-12
+    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_exact=False, rtol=1e-12,
+                                   check_names=False)
+    # another order of the rows: the same table (sums in another order: same rounding bound)
+    pd.testing.assert_frame_equal(aggregate(both.sort_values(["seed", "setting"])), ours, check_exact=False,
+                                  rtol=1e-12)

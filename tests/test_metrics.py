@@ -1,16 +1,31 @@
-"""Ranking metrics against established implementations: sklearn (AP) and pytrec_eval (R@k, nDCG).
+"""Ranking metrics against established implementations: sklearn (AP) and pytrec_eval (R@k, Hit@k, nDCG),
+and against direct definitions (the own pool's share of the top k, the rank distance).
 
 Rankings are random, with many tied scores (integer scores from a small range), so the tie
 handling documented in hybridlib.metrics is checked, not only the easy case.
 """
+import itertools
+
 import numpy as np
 import pytest
 import pytrec_eval
 from sklearn.metrics import average_precision_score
 
-from hybridlib.metrics import (NO_RANK, average_precision_from_ranks, count_at_least, ndcg_at_k,
-                               positions_from_ranks, rank_distance, ranks_of, ranks_per_pool,
-                               recall_at_k, relevant_ranks)
+from hybridlib.metrics import (
+    NO_RANK,
+    average_precision_from_ranks,
+    count_at_least,
+    hit_at_k,
+    ndcg_at_k,
+    own_pool_share_at_k,
+    positions_from_ranks,
+    rank_distance,
+    rank_distance_fraction,
+    ranks_of,
+    ranks_per_pool,
+    recall_at_k,
+    relevant_ranks,
+)
 
 
 def random_run(seed, n_queries=60, n_candidates=40, max_relevant=6, tie_levels=None):
@@ -58,10 +73,26 @@ def trec_eval(scores, relevant, measures):
 def test_recall_and_ndcg_match_pytrec_eval(kind):
     scores, relevant = random_run(2, **kind)
     ranks = relevant_ranks(scores, relevant)
-    expected = trec_eval(scores, relevant, {"recall.1,10", "ndcg_cut.10"})
+    expected = trec_eval(scores, relevant, {"recall.1,10", "ndcg_cut.10", "success.1,10"})
     np.testing.assert_allclose(recall_at_k(ranks, 1), expected["recall_1"], atol=1e-12)
     np.testing.assert_allclose(recall_at_k(ranks, 10), expected["recall_10"], atol=1e-12)
     np.testing.assert_allclose(ndcg_at_k(ranks, 10), expected["ndcg_cut_10"], atol=1e-12)
+    np.testing.assert_array_equal(hit_at_k(ranks, 1), expected["success_1"])
+    np.testing.assert_array_equal(hit_at_k(ranks, 10), expected["success_10"])
+
+
+@pytest.mark.parametrize("kind", RUNS)
+def test_hit_at_k_is_one_relevant_in_the_top_k(kind):
+    """Direct definition: sort by score (non-relevant first within a tie), look at the first k."""
+    scores, relevant = random_run(6, **kind)
+    ranks = relevant_ranks(scores, relevant)
+    for k in (1, 3, 10):
+        expected = [relevant[q][np.lexsort((relevant[q], -scores[q]))][:k].any() for q in range(len(scores))]
+        np.testing.assert_array_equal(hit_at_k(ranks, k), np.array(expected, dtype=float))
+    # with several relevant candidates R@k is a share, Hit@k a hit: R@1 <= 1/R
+    several = relevant.sum(axis=1) > 1
+    assert np.all(recall_at_k(ranks, 1)[several] <= 1 / relevant.sum(axis=1)[several])
+    assert np.all(hit_at_k(ranks, 10) >= recall_at_k(ranks, 10))
 
 
 def test_metrics_with_relevant_missing_from_the_pool_match_trec_eval():
@@ -107,11 +138,18 @@ def test_rank_distance_hand_made():
     assert rank_distance(relevant_ranks(scores, relevant)).tolist() == [9.0]
 
 
+def test_rank_distance_fraction_divides_by_the_pool():
+    ranks = np.array([[2, 7, 3], [6, NO_RANK, NO_RANK], [NO_RANK, NO_RANK, NO_RANK]])
+    np.testing.assert_array_equal(rank_distance_fraction(ranks, 10), [0.5, 0.0, np.nan])
+    np.testing.assert_array_equal(rank_distance_fraction(ranks, [10, 5, 4]), [0.5, 0.0, np.nan])
+
+
 def test_rows_without_relevant_are_nan_and_padding_is_ignored():
     ranks = np.array([[NO_RANK, NO_RANK], [1, NO_RANK], [NO_RANK, 2]])
     assert np.isnan(average_precision_from_ranks(ranks)[0])
     assert np.isnan(recall_at_k(ranks, 10)[0]) and np.isnan(ndcg_at_k(ranks, 10)[0])
-    assert np.isnan(rank_distance(ranks)[0])
+    assert np.isnan(rank_distance(ranks)[0]) and np.isnan(hit_at_k(ranks, 10)[0])
+    assert hit_at_k(ranks, 1)[1:].tolist() == [1.0, 0.0]
     assert average_precision_from_ranks(ranks)[1:].tolist() == [1.0, 0.5]
     assert ndcg_at_k(ranks, 10)[1:].tolist() == pytest.approx([1.0, 1 / np.log2(3)])
 
@@ -139,7 +177,8 @@ def test_ranks_per_pool_match_brute_force(workers):
     for p, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         if hi > lo:
             relevant[:, p] = np.where(rng.random(41) < 0.8, rng.integers(lo, hi, 41), -1)
-    within, overall = ranks_per_pool(scores, relevant, bounds, workers=workers)
+    within, overall, own_share = ranks_per_pool(scores, relevant, bounds, workers=workers)
+    assert own_share is None  # only with own_pool
     for q in range(41):
         for p, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
             if relevant[q, p] < 0:
@@ -163,3 +202,55 @@ def test_ranks_of_uses_minus_one_as_padding():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="shape"):
         relevant_ranks(np.zeros((2, 3)), np.zeros((2, 4), dtype=bool))
+
+
+def shares_over_tie_orders(scores, members, ks):
+    """Direct definition of own_pool_share_at_k: the share of ``members`` in the top k, averaged
+    over every order of the candidates that sorts the scores descending (all permutations as
+    tie-breakers; small rows only). One value per k of ``ks``."""
+    tie_breaks = np.array(list(itertools.permutations(range(len(scores)))))
+    orders = np.lexsort((tie_breaks, np.broadcast_to(-scores, tie_breaks.shape)), axis=-1)
+    in_top = np.cumsum(np.isin(orders, members), axis=1)  # members among the first j + 1
+    return [np.mean(in_top[:, k - 1] / k) for k in ks]
+
+
+def test_own_pool_share_matches_the_average_over_tie_orders():
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 3, size=(12, 7)).astype(np.float32)  # 7 candidates, heavy ties
+    bounds = [0, 3, 7]
+    own = rng.integers(0, 2, size=12)
+    ks = (1, 2, 4, 7)
+    expected = np.array([shares_over_tie_orders(scores[q], np.arange(bounds[p], bounds[p + 1]), ks)
+                         for q, p in enumerate(own)])
+    for j, k in enumerate(ks):
+        # expected: a mean of 5040 fractions in float64 (relative error ~ 5040 * 2^-53 < 1e-12);
+        # ours adds and divides a handful of small integers
+        np.testing.assert_allclose(own_pool_share_at_k(scores, bounds, own, k), expected[:, j], rtol=0, atol=1e-12)
+    counts = expected * np.array(ks)
+    assert np.any(np.abs(counts - np.round(counts)) > 1e-6)  # the ties do split places (fractional counts)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_own_pool_share_with_distinct_scores_counts_the_top_k(workers):
+    rng = np.random.default_rng(8)
+    scores = rng.standard_normal((30, 60)).astype(np.float32)
+    bounds = [0, 10, 35, 35, 60]  # includes an empty pool
+    own = rng.choice([0, 1, 3], size=30)
+    top = np.argsort(-scores, axis=1)[:, :10]
+    expected = [((top[q] >= bounds[p]) & (top[q] < bounds[p + 1])).mean() for q, p in enumerate(own)]
+    np.testing.assert_array_equal(own_pool_share_at_k(scores, bounds, own, 10, workers=workers), expected)
+    # the same from ranks_per_pool's sort, which still ranks the relevant candidates
+    relevant = np.where(rng.random((30, 4)) < 0.5, np.array([0, 20, -1, 40]), -1)
+    plain = ranks_per_pool(scores, relevant, bounds)
+    with_share = ranks_per_pool(scores.copy(), relevant, bounds, own_pool=own, k=10, overwrite=True)
+    np.testing.assert_array_equal(with_share.own_share, expected)
+    np.testing.assert_array_equal(with_share.within, plain.within)
+    np.testing.assert_array_equal(with_share.overall, plain.overall)
+
+
+def test_own_pool_share_rejects_bad_k_and_pools():
+    scores = np.zeros((2, 5))
+    with pytest.raises(ValueError, match="k = 6"):
+        own_pool_share_at_k(scores, [0, 2, 5], 0, k=6)
+    with pytest.raises(ValueError, match="own_pool"):
+        own_pool_share_at_k(scores, [0, 2, 5], [0, 2], k=2)

@@ -118,13 +118,14 @@ def test_training_curves_smooth_each_run(tmp_path):
     assert empty.axes[0].texts[0].get_text() == "no fine-tuned model in this study"
 
 
-def test_training_curves_add_held_out_recall_when_logged():
+def test_training_curves_draw_the_selection_score_before_the_own_losses():
     log = pd.DataFrame({"step": [1, 2], "loss": [2.0, 1.0], "strategy": "hybrid", "seed": 0})
-    val = pd.DataFrame({"step": [0, 2], "val_loss": [2.0, 1.5], "val_R@10": [0.7, 0.8], "strategy": "hybrid",
+    val = pd.DataFrame({"step": [0, 2], "val_loss": [2.0, 1.5], "val_score": [0.7, 0.8], "strategy": "hybrid",
                         "seed": 0})
     fig = plots.training_curves(log, val)
     assert len(fig.axes) == 3
-    assert fig.axes[2].lines[0].get_ydata().tolist() == [0.7, 0.8]
+    assert fig.axes[1].get_ylabel() == "val_score" and fig.axes[1].lines[0].get_ydata().tolist() == [0.7, 0.8]
+    assert fig.axes[2].get_ylabel() == "val_loss" and fig.axes[2].lines[0].get_ydata().tolist() == [2.0, 1.5]
 
 
 def test_alpha_sweep_plots_each_alpha_in_order():
@@ -134,7 +135,7 @@ def test_alpha_sweep_plots_each_alpha_in_order():
             for metric in ("mAP", "rank_distance") if metric == "mAP" or setting == "multilingual"]
     rows.append(("zero-shot", "xquad-r", "multilingual", "mAP", 0.3, 0.25, 0.35, 1))
     intervals = pd.DataFrame(rows, columns=["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low",
-                                            "ci_high", "n_seeds"]).assign(model=MODEL)
+                                            "ci_high", "n_runs"]).assign(model=MODEL)
     fig = plots.alpha_sweep(intervals.iloc[::-1], alphas)  # rows in any order
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 4  # three settings and the rank distance
     multilingual = fig.axes[2]
@@ -147,13 +148,13 @@ def test_alpha_convergence_averages_seeds_per_alpha():
     alphas = {"hybrid-a0": 0.0, "hybrid": 0.5}
     val = pd.DataFrame({"strategy": ["hybrid-a0"] * 4 + ["hybrid"] * 4, "seed": [0, 0, 1, 1] * 2,
                         "step": [0, 10] * 4, "val_loss": [2.0, 1.0, 2.2, 1.2, 2.0, 0.8, 2.0, 0.6],
-                        "val_R@10": [0.5, 0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9]})
+                        "val_score": [0.5, 0.6, 0.5, 0.7, 0.5, 0.8, 0.5, 0.9]})
     fig = plots.alpha_convergence(val, alphas)
-    loss_ax, recall_ax = fig.axes[:2]
+    score_ax, loss_ax = fig.axes[:2]
     means = [line for line in loss_ax.lines if line.get_label() in ("0", "0.5")]
     assert [line.get_ydata().tolist() for line in means] == [pytest.approx([2.1, 1.1]), pytest.approx([2.0, 0.7])]
-    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["0", "0.5"]
-    assert len(recall_ax.lines) == 6  # two seeds and the mean per alpha
+    assert [t.get_text() for t in score_ax.get_legend().get_texts()] == ["0", "0.5"]
+    assert len(score_ax.lines) == 6  # two seeds and the mean per alpha
 
 
 def test_hybrid_alphas_of_the_sweep_file():
