@@ -15,9 +15,14 @@ from .errors import HybridlibError
 
 
 def _cmd_check(args) -> None:
+    from .models import precision_warning, resolve_device
+
     params = load_params(args.params)
     print(f"{args.params}: ok ({len(params.strategies)} strategies x {len(params.seeds)} seeds, "
           f"train on {', '.join(params.train_sources)}, evaluate on {', '.join(params.eval_datasets)})")
+    warning = precision_warning(params.precision, resolve_device(params.device))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _cmd_fetch(args) -> None:

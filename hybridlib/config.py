@@ -103,7 +103,10 @@ class StudyParams(BaseModel):
     # -- evaluation
     eval_datasets: list[str] = ["xquad-r"]
     eval_languages: Optional[list[str]] = None
-    eval_max_ids: Optional[int] = Field(None, ge=1)  # cap on question ids (smoke runs)
+    # None: the full pools; N: a seeded random sample of whole paragraphs, stratified by article,
+    # holding about N question ids (data.sample_paragraphs)
+    eval_max_ids: Optional[int] = Field(None, ge=1)
+    eval_sample_seed: int = 0
 
     # -- batches (the paper's contribution)
     strategies: list[str] = ["zero-shot", "x-x-mono", "x-y", "hybrid"]

@@ -238,3 +238,29 @@ def paragraph_clusters(data: LaReQA, language: str = "en") -> pd.Series:
     chosen = chosen.sort_values("_rank", kind="stable").drop_duplicates("id")
     label = data.name + "/" + chosen.groupby(["lang", "context"], sort=False)["paragraph"].transform("first")
     return pd.Series(label.to_numpy(), index=chosen["id"].to_numpy(), name="paragraph").reindex(q["id"].unique())
+
+
+def sample_paragraphs(data: LaReQA, n_ids: int, seed: int = 0) -> LaReQA:
+    """A seeded random sample of whole paragraphs, stratified by article, holding about ``n_ids`` ids.
+
+    Every question of a drawn paragraph is kept, in every language, with all the paragraph's
+    sentences (``subset_ids``), so the pools shrink in proportion and no question loses its
+    neighbours. Stratified: each article's paragraphs are shuffled, the k-th of an article's n
+    gets the position ``(k + u) / n`` (u uniform in [0, 1)), and paragraphs are taken in order
+    of position until ``n_ids`` ids are reached, so every article gives about the same share of
+    its paragraphs. Paragraphs are those of ``paragraph_clusters`` (keys ``<dataset>/<lang>/<article>/<p>``).
+    """
+    if n_ids < 1:
+        raise DataError(f"sample of {n_ids} ids: need at least one")
+    rng = np.random.default_rng(seed)
+    clusters = paragraph_clusters(data)
+    paragraphs = pd.DataFrame({"paragraph": clusters.unique()})
+    paragraphs["article"] = paragraphs["paragraph"].str.rsplit("/", n=1).str[0]
+    paragraphs["ids"] = paragraphs["paragraph"].map(clusters.value_counts())
+    shuffled = paragraphs.sample(frac=1.0, random_state=rng).reset_index(drop=True)
+    within = shuffled.groupby("article", sort=False).cumcount()
+    size = shuffled.groupby("article", sort=False)["paragraph"].transform("size")
+    shuffled["position"] = (within + rng.random(len(shuffled))) / size
+    ordered = shuffled.sort_values("position", kind="stable")
+    taken = ordered[ordered["ids"].cumsum().shift(fill_value=0) < n_ids]["paragraph"]
+    return subset_ids(data, clusters.index[clusters.isin(set(taken))])

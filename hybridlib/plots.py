@@ -30,7 +30,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .constants import MULTI, RANK_DISTANCE, SETTINGS, VALIDATION_SCORE, ordered_strategies
+from .constants import ALL, MULTI, RANK_DISTANCE, SETTINGS, VALIDATION_SCORE, ordered_strategies
 from .io import atomic_path
 
 SETTING_LABELS = {"monolingual": "monolingual X→X", "crosslingual": "cross-lingual X→Y",
@@ -138,11 +138,15 @@ def _panels(n: int, width: float, height: float, max_columns: int = 4):
     return fig, list(axes.ravel()[:n])
 
 
-def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, metric: str = "mAP") -> Figure:
-    """Bars of the macro-averaged ``metric`` per setting (groups) and strategy (colours), 95% intervals.
+def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, metric: str = "mAP",
+                 runs: Optional[pd.DataFrame] = None) -> Figure:
+    """Bars of the macro-averaged ``metric`` per setting (groups) and strategy (colours), 95% intervals,
+    and a dot per training run on each bar, so the run-to-run spread shows.
 
     ``intervals``: ``stats.bootstrap_ci`` output (columns ``strategy, eval_dataset, setting,
     metric, mean, ci_low, ci_high``; ``n_runs`` is shown in the legend when present).
+    ``runs``: the tidy metrics table (``metrics.csv``); its macro rows (languages ``all``) give
+    each run's value. None: no dots.
     """
     _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
                    "interval table")
@@ -162,6 +166,8 @@ def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, me
             label += f" ({int(rows['n_runs'].max())} run{'s' if rows['n_runs'].max() > 1 else ''})"
         ax.bar(x, rows["mean"], width * 0.95, yerr=errors, capsize=3, label=label,
                color=palette[strategy], error_kw={"elinewidth": 1})
+        if runs is not None:
+            _run_dots(ax, runs, eval_dataset, metric, strategy, dict(zip(settings, x)), width)
     ax.set_xticks(np.arange(len(settings)), [SETTING_LABELS[s] for s in settings])
     ax.set_ylabel(f"{metric} (macro average)")
     ax.set_xlabel("setting")
@@ -169,6 +175,16 @@ def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, me
     ax.set_title(f"{metric} on {eval_dataset} with 95% bootstrap intervals\n{model_label(data)}")
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _run_dots(ax, runs: pd.DataFrame, eval_dataset: str, metric: str, strategy: str, x_of: dict,
+              width: float) -> None:
+    """One dot per run (seed) of ``strategy`` on its bars, spread across the bar's width."""
+    rows = runs[(runs["eval_dataset"] == eval_dataset) & (runs["metric"] == metric) & (runs["strategy"] == strategy)
+                & (runs["query_lang"] == ALL) & (runs["pool_lang"] == ALL) & runs["setting"].isin(list(x_of))]
+    for setting, group in rows.groupby("setting"):
+        offsets = np.linspace(-0.25, 0.25, len(group)) * width if len(group) > 1 else np.zeros(1)
+        ax.scatter(x_of[setting] + offsets, group["value"], s=9, color="black", alpha=0.7, zorder=3, linewidths=0)
 
 
 def rank_distance_distribution(per_query: pd.DataFrame, eval_dataset: Optional[str] = None) -> Figure:

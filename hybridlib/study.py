@@ -20,17 +20,17 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from .config import DATASET_LANGUAGES, StudyParams, load_params
-from .data import LaReQA, load_lareqa
+from .constants import OWN_LANGUAGE, RANK_DISTANCE, RANK_DISTANCE_FRACTION, ZERO_SHOT
+from .data import LaReQA, load_lareqa, paragraph_clusters, sample_paragraphs
 from .errors import HybridlibError
 from .io import write_json, write_table
 
 log = logging.getLogger(__name__)
 
-ZERO_SHOT = "zero-shot"
 # MIRACL dev languages (Zhang et al. 2023): monolingual retrieval only.
 MIRACL_LANGUAGES = ("ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te",
                     "th", "yo", "zh")
-SIGNIFICANCE_METRICS = ("mAP", "rank_distance")
+SIGNIFICANCE_METRICS = ("mAP", RANK_DISTANCE, RANK_DISTANCE_FRACTION, OWN_LANGUAGE)
 # The parameters that shape a training run (shown by 02_train).
 TRAINING_KEYS = ("model", "train_dataset", "train_languages", "train_max_ids", "validation_ids", "alpha",
                  "batch_size", "hard_negatives", "learning_rate", "weight_decay", "warmup_ratio", "temperature",
@@ -110,8 +110,20 @@ def eval_languages(params: StudyParams, dataset: str) -> list[str]:
 
 
 def load_eval_data(params: StudyParams, dataset: str) -> LaReQA:
-    """The evaluation pools of one LAReQA dataset as the parameters restrict them."""
-    return load_lareqa(dataset, eval_languages(params, dataset), max_ids=params.eval_max_ids)
+    """The evaluation pools of one LAReQA dataset as the parameters restrict them: its
+    ``eval_languages``, and with ``eval_max_ids`` a seeded random sample of whole paragraphs
+    (``data.sample_paragraphs``, seed ``eval_sample_seed``)."""
+    data = load_lareqa(dataset, eval_languages(params, dataset))
+    return sample_paragraphs(data, params.eval_max_ids, params.eval_sample_seed) if params.eval_max_ids else data
+
+
+def question_clusters(params: StudyParams, per_query: pd.DataFrame) -> pd.Series:
+    """Query id -> cluster for the statistics: the paragraph of the answer on LAReQA
+    (``data.paragraph_clusters``), each id alone elsewhere (MIRACL)."""
+    parts = [paragraph_clusters(load_eval_data(params, d)) for d in lareqa_datasets(params)]
+    clusters = pd.concat(parts) if parts else pd.Series(dtype=object, name="paragraph")
+    others = pd.unique(per_query.loc[~per_query["query_id"].isin(clusters.index), "query_id"])
+    return pd.concat([clusters, pd.Series(others, index=others, dtype=object)]).rename("paragraph")
 
 
 # ------------------------------------------------------------------------------------ 01: prepare
@@ -212,8 +224,9 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
     """Fine-tune with one strategy and seed, evaluate at once, keep the weights only with ``keep_models``.
 
     ``strategy`` is the name of a training run: a trained strategy or a variant's name (its
-    settings applied, see ``StudyParams.training_runs``); it labels the result rows. Training happens in ``training/<tag>/`` (``train.train``: checkpoints there let a killed
-    run resume when called again); the logs are copied to ``train_log/``, the metrics written to
+    settings applied, see ``StudyParams.training_runs``); it labels the result rows. Training
+    happens in ``training/<tag>/`` (``train.train``: checkpoints there let a killed run resume
+    when called again); the logs are copied to ``train_log/``, the metrics written to
     ``metrics/parts/<tag>.csv``, then the training folder is deleted (with ``keep_models`` the
     final model moves to ``models/<tag>/`` first). Disk use: one model at a time.
     """
@@ -378,12 +391,14 @@ def rank_distance_wide(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def seen_unseen(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """``stats.unseen_language_split`` of mAP and rank distance: languages trained on vs. not, with
-    95% intervals; writes ``metrics/seen_unseen.csv`` (``report.seen_unseen_table`` shows it)."""
+    """``stats.unseen_language_split`` of the ``SIGNIFICANCE_METRICS``: languages trained on vs. not, with
+    95% intervals over paragraph clusters and runs; writes ``metrics/seen_unseen.csv``
+    (``report.seen_unseen_table`` shows it)."""
     from .stats import unseen_language_split
 
     rows = per_query[per_query["metric"].isin(SIGNIFICANCE_METRICS)]
-    table = unseen_language_split(rows, train_languages(params), bootstrap_samples=params.bootstrap_samples)
+    table = unseen_language_split(rows, train_languages(params), clusters=question_clusters(params, rows),
+                                  bootstrap_samples=params.bootstrap_samples)
     write_table(table, run_dir / "metrics" / "seen_unseen.csv")
     return table
 
@@ -396,37 +411,37 @@ def load_seen_unseen(run_dir: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------- 05: report
 def intervals(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """95% bootstrap intervals (``stats.bootstrap_ci``) of mAP and rank distance; writes ``metrics/intervals.csv``."""
+    """95% bootstrap intervals (``stats.bootstrap_ci``) of the ``SIGNIFICANCE_METRICS``, resampling
+    paragraph clusters and training runs; writes ``metrics/intervals.csv``."""
     from .stats import bootstrap_ci
 
-    table = bootstrap_ci(per_query[per_query["metric"].isin(SIGNIFICANCE_METRICS)],
-                         bootstrap_samples=params.bootstrap_samples)
+    rows = per_query[per_query["metric"].isin(SIGNIFICANCE_METRICS)]
+    table = bootstrap_ci(rows, clusters=question_clusters(params, rows), bootstrap_samples=params.bootstrap_samples)
     write_table(table, run_dir / "metrics" / "intervals.csv")
     return table
 
 
 def significance(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """Paired tests of every pair of strategies (``stats.paired_tests``); writes ``metrics/significance.csv``."""
+    """Paired comparisons of every pair of strategies (``stats.paired_tests``, paragraph clusters shared,
+    each side's runs resampled); writes ``metrics/significance.csv``."""
     from .stats import TEST_COLUMNS, paired_tests
 
     rows = per_query[per_query["metric"].isin(SIGNIFICANCE_METRICS)]
     if rows["strategy"].nunique() < 2:
         table = pd.DataFrame(columns=TEST_COLUMNS)
     else:
-        table = paired_tests(rows, bootstrap_samples=params.bootstrap_samples)
+        table = paired_tests(rows, clusters=question_clusters(params, rows), bootstrap_samples=params.bootstrap_samples)
     write_table(table, run_dir / "metrics" / "significance.csv")
     return table
 
 
-def claims(significance_table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """The verdict on each of the paper's claims (``stats.claim_verdicts``); writes ``metrics/claims.csv``."""
-    from .stats import CLAIMS, claim_verdicts
+def claims(params: StudyParams, significance_table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """The verdict on each of the paper's claims, with the paper's effect sizes beside ours
+    (``stats.claim_verdicts``); writes ``metrics/claims.csv``."""
+    from .stats import claim_verdicts
 
-    if significance_table.empty:
-        table = pd.DataFrame([("", "", c.name, "not tested", "fewer than two strategies evaluated")
-                              for c in CLAIMS], columns=["model", "eval_dataset", "claim", "verdict", "reason"])
-    else:
-        table = claim_verdicts(significance_table)
+    pool_sizes = {d: len(load_eval_data(params, d).candidates) for d in lareqa_datasets(params)}
+    table = claim_verdicts(significance_table, pool_sizes=pool_sizes)
     write_table(table, run_dir / "metrics" / "claims.csv")
     return table
 
@@ -448,7 +463,8 @@ def alpha_sweep_figures(params: StudyParams, intervals_table: pd.DataFrame, run_
         return []
     paths = []
     for dataset in lareqa_datasets(params):
-        paths += save_figure(alpha_sweep(intervals_table, alphas, dataset), run_dir / "figures" / f"alpha_sweep_{dataset}")
+        figure = alpha_sweep(intervals_table, alphas, dataset)
+        paths += save_figure(figure, run_dir / "figures" / f"alpha_sweep_{dataset}")
     val_logs = read_val_logs(params, run_dir)
     if not val_logs.empty:
         paths += save_figure(alpha_convergence(val_logs, alphas), run_dir / "figures" / "alpha_convergence")

@@ -36,3 +36,20 @@ def test_cli_lets_the_library_info_lines_through(caplog):
     finally:
         package.setLevel(before)
     assert "shown" in caplog.text and "dropped" not in caplog.text
+
+
+def test_cli_check_warns_when_the_cpu_emulates_the_precision(tmp_path, monkeypatch, capsys):
+    from hybridlib.models import device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(device, "emulated_slowdown", lambda precision: 95.0)
+    params = tmp_path / "p.yaml"
+    params.write_text("precision: bf16\ndevice: cpu\n", encoding="utf-8")
+    assert main(["check", str(params)]) == 0
+    captured = capsys.readouterr()
+    assert ": ok (" in captured.out
+    warning = captured.err.strip()
+    assert warning.count("\n") == 0 and warning.startswith("warning: precision bf16 is emulated")
+    assert "95x slower" in warning and "auto would pick fp32" in warning
+    params.write_text("precision: auto\ndevice: cpu\n", encoding="utf-8")
+    assert main(["check", str(params)]) == 0 and capsys.readouterr().err == ""

@@ -160,3 +160,21 @@ def test_unknown_dataset_and_language():
         load_lareqa("squad")
     with pytest.raises(DataError, match="no language 'el'"):
         load_lareqa("mlqa-r", languages=["el"])
+
+
+def test_sample_paragraphs_draws_whole_paragraphs_from_every_article():
+    from hybridlib.data import paragraph_clusters, sample_paragraphs
+
+    full = load_lareqa("xquad-r", languages=["en", "de"])
+    clusters = paragraph_clusters(full)
+    articles = clusters.str.rsplit("/", n=1).str[0]
+    sample = sample_paragraphs(full, 400, seed=0)
+    kept = sample.questions["id"].unique()
+    largest = clusters.value_counts().max()
+    assert 400 <= len(kept) < 400 + largest  # stops at the paragraph that reaches 400 ids
+    drawn = set(clusters[kept])
+    assert set(clusters.index[clusters.isin(drawn)]) == set(kept)  # whole paragraphs: every question kept
+    assert set(articles[kept]) == set(articles)  # 400 of 1,190 ids: every one of the 48 articles is drawn
+    assert set(sample.questions["lang"]) == {"en", "de"}
+    again, other = sample_paragraphs(full, 400, seed=0), sample_paragraphs(full, 400, seed=1)
+    assert again.questions.equals(sample.questions) and not other.questions.equals(sample.questions)

@@ -90,6 +90,10 @@ def test_figures_have_one_panel_per_strategy_and_name_the_model(tables, tmp_path
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
     assert heights == sorted(round(v, 6) for v in intervals[intervals.metric == "mAP"]["mean"])
     assert MODEL in ax.get_title()
+    dotted = plots.setting_bars(intervals, runs=metrics).axes[0]
+    dots = np.concatenate([c.get_offsets()[:, 1] for c in dotted.collections if type(c).__name__ == "PathCollection"])
+    macro = metrics[(metrics.metric == "mAP") & (metrics.query_lang == "all") & (metrics.pool_lang == "all")]
+    assert sorted(np.round(dots, 9)) == sorted(np.round(macro["value"], 9))  # one dot per run and setting
 
     box = plots.rank_distance_distribution(per_query)
     assert box.axes[0].get_xlabel() == "query language"
