@@ -266,7 +266,7 @@ def write_parts(run_dir, per_query, tags):
     (run_dir / "metrics" / "parts").mkdir(parents=True, exist_ok=True)
     for strategy, seed in tags:
         rows = per_query[(per_query.strategy == strategy) & (per_query.seed == seed)]
-        study._save_part(run_dir, study.model_tag(strategy, seed), metrics_frame(rows), rows)
+        study.evaluation._save_part(run_dir, study.model_tag(strategy, seed), metrics_frame(rows), rows)
 
 
 def test_collect_metrics_takes_this_study_s_parts_only(tables, tmp_path, caplog):

@@ -1,0 +1,38 @@
+"""The training and validation logs of a study's runs (``train_log/``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import StudyParams
+from .run import StudyError, model_tag, training_labels
+
+
+def read_train_log(run_dir: Path, strategy: str, seed: int) -> pd.DataFrame:
+    """The training log of one model (one row per step), with ``strategy`` and ``seed`` columns."""
+    path = run_dir / "train_log" / f"{model_tag(strategy, seed)}.csv"
+    if not path.is_file():
+        raise StudyError(f"{path}: missing; train {strategy} seed {seed} first (02_train)")
+    return pd.read_csv(path).assign(strategy=strategy, seed=seed)
+
+
+def read_val_log(run_dir: Path, strategy: str, seed: int) -> pd.DataFrame:
+    """The validation log of one model (``step, val_loss, ...``), with ``strategy`` and ``seed``; may be empty."""
+    path = run_dir / "train_log" / f"{model_tag(strategy, seed)}.val.csv"
+    return pd.read_csv(path).assign(strategy=strategy, seed=seed) if path.is_file() else pd.DataFrame()
+
+
+def read_train_logs(params: StudyParams, run_dir: Path) -> pd.DataFrame:
+    """The training logs of this study's models that exist, in one table with ``strategy`` and ``seed``."""
+    frames = [read_train_log(run_dir, s, k) for s in training_labels(params) for k in params.seeds
+              if (run_dir / "train_log" / f"{model_tag(s, k)}.csv").is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_val_logs(params: StudyParams, run_dir: Path) -> pd.DataFrame:
+    """The validation logs of this study's models that exist, in one table with ``strategy`` and ``seed``."""
+    frames = [read_val_log(run_dir, s, k) for s in training_labels(params) for k in params.seeds]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
