@@ -1,4 +1,4 @@
-"""The ``hybridlib`` command: check, fetch, build-model, train, evaluate, run.
+"""The ``hybridlib`` command: check, fetch, build-model, train, evaluate, search, run.
 
 User mistakes (bad parameters, missing data, a model folder without weights) end with one
 line on stderr and exit code 2, never a traceback.
@@ -110,6 +110,12 @@ def _cmd_run(args) -> None:
     run_study(args.params, force=args.force, runs_dir=args.runs_dir, publish=args.publish)
 
 
+def _cmd_search(args) -> None:
+    from .search import format_results, search_cli
+
+    print(format_results(search_cli(args.model, args.text, dataset=args.dataset, lang=args.lang, k=args.k)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hybridlib`` command."""
     parser = argparse.ArgumentParser(prog="hybridlib", description=__doc__.splitlines()[0])
@@ -156,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--publish", action="store_true", help="also copy the report's figures to the repository's figures/")
     p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("search", help="the top k candidates of a LAReQA pool for a text (exact faiss search)")
+    p.add_argument("model", help="hub name, model folder, or 'default'")
+    p.add_argument("text", help="a question in any language, or <lang>:<question id> of the dataset")
+    # no argparse choices: search_cli's one-line errors name what the dataset has
+    p.add_argument("--dataset", default="xquad-r", help="xquad-r or mlqa-r")
+    p.add_argument("--lang", default="all", help="the pool: a language of the dataset, or all (multilingual)")
+    p.add_argument("-k", type=int, default=10, help="how many candidates to show")
+    p.set_defaults(func=_cmd_search)
     return parser
 
 

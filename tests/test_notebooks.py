@@ -2,7 +2,7 @@
 
 The notebooks themselves run under nbval (``pytest --nbval-lax notebooks/``, part of ``make
 test``): with their default parameters they run the smoke study into ``runs/smoke`` in file
-order (01 -> 05), and cells marked ``# NBVAL_CHECK_OUTPUT`` are compared with the outputs
+order (01 -> 06), and cells marked ``# NBVAL_CHECK_OUTPUT`` are compared with the outputs
 stored in the notebook. The tests here check what nbval cannot: that those stored outputs
 exist (nbval silently skips a marked cell that was never run), that nothing else is stored,
 and that every parameter the pipeline passes is declared in the notebook's parameters cell.
@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-NAMES = ["01_prepare_data", "02_train", "03_evaluate", "04_language_bias", "05_report"]
+NAMES = ["01_prepare_data", "02_train", "03_evaluate", "04_language_bias", "05_report", "06_explore"]
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 MAX_LOGIC_LINES = 10
 
@@ -52,7 +52,7 @@ def parameters_of(nb) -> dict:
     return values
 
 
-def test_the_study_is_five_notebooks():
+def test_the_study_is_six_notebooks():
     assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == NAMES
 
 
@@ -61,7 +61,9 @@ def test_parameters_cell_runs_the_smoke_study(name):
     nb = read(name)
     values = parameters_of(nb)
     expected = {"params_path": "../params/smoke.yaml", "run_dir": "../runs/smoke"}
-    expected.update({"02_train": {"strategy": "hybrid", "seed": 0}, "05_report": {"publish_dir": None}}.get(name, {}))
+    expected.update({"02_train": {"strategy": "hybrid", "seed": 0}, "05_report": {"publish_dir": None},
+                     "06_explore": {"dataset": "xquad-r", "question_id": "", "question_lang": "de", "query_text": "",
+                                    "models": ["zero-shot", "hybrid"], "k": 10}}.get(name, {}))
     assert values == expected
     assert (NOTEBOOK_DIR / values["params_path"]).is_file()
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {name[:2]} ")

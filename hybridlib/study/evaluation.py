@@ -75,6 +75,7 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
     final model moves to ``models/<tag>/`` first). Disk use: one model at a time.
     """
     from ..models import DualEncoder
+    from ..search import write_encoder_record
     from ..train import train
 
     batches, run_params = params.for_run(strategy)
@@ -87,7 +88,10 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
     if val_log.exists():
         shutil.copyfile(val_log, run_dir / "train_log" / f"{tag}.val.csv")
     encoder = DualEncoder.from_params(params, name_or_path=str(result.model_dir))
-    metrics, per_query = evaluate_encoder(encoder, params, strategy, seed, cache=False)
+    # the pools' embeddings stay in the run folder (a third of XQuAD-R: ~13 MB a model), so that
+    # notebook 06 and `hybridlib search` can explore a model whose weights are not kept
+    metrics, per_query = evaluate_encoder(encoder, params, strategy, seed, cache=run_dir / "embeddings")
+    write_encoder_record(encoder, run_dir / "embeddings" / f"{tag}.json")
     _save_part(run_dir, tag, metrics, per_query)
     del encoder
     if params.keep_models:
