@@ -107,6 +107,9 @@ class StudyParams(BaseModel):
     # holding about N question ids (data.sample_paragraphs)
     eval_max_ids: Optional[int] = Field(None, ge=1)
     eval_sample_seed: int = 0
+    # MIRACL (BEIR format): None ranks each corpus with a dense score matrix; a faiss index type
+    # (flat = exact, hnsw / ivf = approximate) retrieves the top 100 instead, for large corpora
+    beir_index: Optional[Literal["flat", "hnsw", "ivf"]] = None
 
     # -- batches (the paper's contribution)
     strategies: list[str] = ["zero-shot", "x-x-mono", "x-y", "hybrid"]

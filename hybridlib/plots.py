@@ -30,7 +30,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .constants import ALL, MULTI, RANK_DISTANCE, SETTINGS, VALIDATION_SCORE, ordered_strategies
+from .constants import ALL, MULTI, RANK_DISTANCE, RANK_DISTANCE_FRACTION, SETTINGS, VALIDATION_SCORE, ordered_strategies
 from .io import atomic_path
 
 SETTING_LABELS = {"monolingual": "monolingual X→X", "crosslingual": "cross-lingual X→Y",
@@ -210,11 +210,25 @@ def rank_distance_distribution(per_query: pd.DataFrame, eval_dataset: Optional[s
                                "markersize": 4})
     ax.set_xlabel("query language")
     ax.set_ylabel("rank distance (max − min rank of parallel answers)")
+    pool = _pool_size(per_query, eval_dataset)
+    if pool:  # the same distances as a fraction of the pool: comparable across pools and datasets
+        ax.secondary_yaxis("right", functions=(lambda x: x / pool, lambda f: f * pool)).set_ylabel(
+            f"fraction of the pool ({pool:,} candidates)")
     ax.legend(title="batches", fontsize=8)
     ax.set_title(f"Language bias on {eval_dataset}, multilingual pool (lower is better; ◇ = mean)\n"
                  f"{model_label(data)}")
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _pool_size(per_query: pd.DataFrame, eval_dataset: str) -> Optional[int]:
+    """The multilingual pool's size, from the per-query rank distance and its fraction (None without them)."""
+    rows = per_query[per_query["eval_dataset"] == eval_dataset]
+    keys = ["strategy", "seed", "query_lang", "query_id"]
+    raw = rows[rows["metric"] == RANK_DISTANCE].set_index(keys)["value"]
+    fraction = rows[rows["metric"] == RANK_DISTANCE_FRACTION].set_index(keys)["value"]
+    ratio = (raw / fraction[fraction > 0]).dropna()
+    return int(round(ratio.median())) if len(ratio) else None
 
 
 def smooth(values: pd.Series, span: int) -> pd.Series:

@@ -42,6 +42,15 @@ PAPER_NOTE = ("The paper's models (XLM-R and LaBSE, fine-tuned on millions of ma
 COLUMNS = {(MONO, "mAP"): "mono mAP", (CROSS, "mAP"): "cross mAP", (MULTI, "mAP"): "multi mAP",
            (MULTI, RANK_DISTANCE): "rank distance", (MULTI, RANK_DISTANCE_FRACTION): "rank distance / pool",
            (MULTI, OWN_LANGUAGE): "own lang@10"}
+METRIC_NOTES = (
+    "mAP: full-depth average precision of a query's relevant candidates, macro-averaged over settings (mono, "
+    "cross) or query languages (multi). Rank distance: in the multilingual pool, the largest minus the smallest "
+    "rank of a query's relevant candidates (its answer in each language; lower is less language bias); it counts "
+    "positions, so it grows with the pool: *rank distance / pool* divides it by the pool's size and compares "
+    "across pools and datasets (the paper's is divided by the full pool it ranked). *own lang@10*: the share of "
+    "the top 10 of the multilingual pool in the query's own language (lower is less biased, down to about one "
+    "over the number of languages). In the multilingual pool R@k is the share of a question's relevant answers "
+    "in the top k (so R@1 is at most 1/11 on XQuAD-R); Hit@k is whether at least one is.")
 # columns shown with one decimal (positions); the others are shares and get three
 POSITION_COLUMNS = {"rank distance", RANK_DISTANCE}
 
@@ -315,7 +324,8 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
     """
     run_dir = Path(run_dir)
     note = PAPER_NOTE.format(model=model, training=training_description(params))
-    pools = f"first {params.eval_max_ids} question ids" if params.eval_max_ids else "full pools"
+    pools = (f"a random sample of whole paragraphs, stratified by article, with about {params.eval_max_ids} "
+             f"question ids (seed {params.eval_sample_seed})" if params.eval_max_ids else "full pools")
     languages = ", ".join(params.eval_languages) if params.eval_languages else "all languages"
     parts = [
         f"# Hybrid batch training, study `{params.run_name}`",
@@ -324,6 +334,7 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
         f"({languages}, {pools}). Parameters: `params.yaml`; executed notebooks: `notebooks/`.",
         "## Our numbers next to the paper's (mAP; rank distance)", f"> {note}",
         markdown_table(comparison, column_digits={"rank distance": 1, "n_seeds": 0}),
+        METRIC_NOTES,
         "## Ordering of the strategies (best first)", markdown_table(ordering),
         "## Our numbers with 95% bootstrap intervals",
         "Each interval resamples clusters of questions (the paragraph of a question's answer) and each "

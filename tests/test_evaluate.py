@@ -411,3 +411,18 @@ def test_aggregate_equals_the_groupby_definition_in_any_row_order():
     # another order of the rows: the same table (sums in another order: same rounding bound)
     pd.testing.assert_frame_equal(aggregate(both.sort_values(["seed", "setting"])), ours, check_exact=False,
                                   rtol=1e-12)
+
+
+def test_beir_top_k_from_a_flat_faiss_index_equals_the_dense_ranking(tmp_path):
+    class UnitHashEncoder(HashEncoder):  # unit vectors, as DualEncoder's: faiss ranks by cosine
+        def encode(self, texts, kind):
+            vectors = super().encode(texts, kind)
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    folder = write_beir(tmp_path / "beir")
+    encoder = UnitHashEncoder(dim=4)
+    dense = evaluate_beir(encoder, folder, model="hash", language="xx", per_query=True, cache=False)[1]
+    flat = evaluate_beir(encoder, folder, model="hash", language="xx", per_query=True, cache=False,
+                         index_type="flat")[1]
+    pd.testing.assert_frame_equal(flat, dense)  # exact search: the same top 100, so the same nDCG@10 and R@100
+    assert 0 < dense.loc[dense.metric == "R@100", "value"].mean() < 1  # some relevant documents fall beyond 100

@@ -419,3 +419,14 @@ def test_seen_unseen_table_has_a_row_per_strategy_and_split(tmp_path):
     assert zero_seen["mean"].iloc[0] == pytest.approx(0.50, abs=0.01)  # LEVELS: zero-shot mono mAP 0.50
     assert table.loc[0, "mono mAP"].startswith(f"{zero_seen['mean'].iloc[0]:.3f} [")
     assert report.seen_unseen_table(study.load_seen_unseen(tmp_path / "none")).empty
+
+
+def test_rank_distance_figure_shows_the_fraction_of_the_pool():
+    rows = [("hybrid", 0, "xquad-r", "de", f"q{i}", metric, value)
+            for i, distance in enumerate([30.0, 60.0, 90.0])
+            for metric, value in (("rank_distance", distance), ("rank_distance_fraction", distance / 300))]
+    per_query = pd.DataFrame(rows, columns=["strategy", "seed", "eval_dataset", "query_lang", "query_id", "metric",
+                                            "value"]).assign(model=MODEL)
+    fig = plots.rank_distance_distribution(per_query)
+    right = fig.axes[0].child_axes  # the secondary y axis
+    assert len(right) == 1 and right[0].get_ylabel() == "fraction of the pool (300 candidates)"

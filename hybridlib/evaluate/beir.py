@@ -36,6 +36,9 @@ class BeirData:
     language: Optional[str] = None
 
 
+# The deepest rank BEIR's metrics look at (R@100).
+BEIR_DEPTH = 100
+
 def _read_jsonl(path: Path, fields: Sequence[str], rename: Optional[dict] = None) -> pd.DataFrame:
     opener = gzip.open if path.suffix == ".gz" else open
     rename = rename or {}
@@ -128,6 +131,25 @@ def beir_ranks(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray,
     return ranks
 
 
+def beir_top_k_ranks(query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, relevant: np.ndarray,
+                     k: int, index_type: str) -> np.ndarray:
+    """Ranks of each query's relevant documents within its top ``k`` from a faiss index (``search.top_k``):
+    enough for nDCG@10 and R@k, with no (queries, corpus) score matrix.
+
+    A relevant document not retrieved gets a distinct rank beyond ``k`` (``k + 1 + its slot``):
+    equal ranks would read as a tie group in ``metrics``. ``index_type``: ``flat`` (exact),
+    ``hnsw`` or ``ivf`` (approximate, for corpora of millions).
+    """
+    from ..search import top_k
+
+    _, rows = top_k(query_embeddings, corpus_embeddings, min(k, len(corpus_embeddings)), index_type)
+    ranks = np.full(relevant.shape, M.NO_RANK, dtype=np.int64)
+    for q in range(len(relevant)):
+        position = {row: i + 1 for i, row in enumerate(rows[q]) if row >= 0}
+        ranks[q] = [position.get(row, k + 1 + j) if row >= 0 else M.NO_RANK for j, row in enumerate(relevant[q])]
+    return ranks
+
+
 def _relevant_rows(data: BeirData, queries: pd.DataFrame, qrels: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(n, k) corpus rows of each query's relevant documents (-1 padded) and their number in the qrels."""
     doc_row = pd.Series(np.arange(len(data.corpus)), index=data.corpus["_id"])
@@ -146,7 +168,8 @@ def _relevant_rows(data: BeirData, queries: pd.DataFrame, qrels: pd.DataFrame) -
 def evaluate_beir(encoder, source: Union[str, Path, BeirData], *, split: str = "test",
                   model: Optional[str] = None, strategy: str = ZERO_SHOT, seed=0,
                   language: Optional[str] = None, per_query: bool = False,
-                  cache: Union[bool, str, Path, None] = True, batch_size: int = 64, progress: bool = True):
+                  cache: Union[bool, str, Path, None] = True, batch_size: int = 64, progress: bool = True,
+                  index_type: Optional[str] = None):
     """Monolingual retrieval on a BEIR-format dataset: nDCG@10 and R@100 (trec_eval's).
 
     ``source``: a BEIR folder, ``miracl:<lang>`` or a ``BeirData``. Documents are encoded as
@@ -156,7 +179,9 @@ def evaluate_beir(encoder, source: Union[str, Path, BeirData], *, split: str = "
     Returns the tidy table of ``aggregate`` (setting ``monolingual``, ``query_lang = pool_lang``
     = the language, and the ``all`` row; one row when the language is unknown), and with
     ``per_query`` also the per-query table: the per-query tables of several languages
-    concatenated and passed to ``aggregate`` give their macro average.
+    concatenated and passed to ``aggregate`` give their macro average. ``index_type`` (``flat``,
+    ``hnsw``, ``ivf``): retrieve the top 100 from a faiss index (``beir_top_k_ranks``) instead of
+    ranking the whole corpus with a dense score matrix (None).
     """
     data = source if isinstance(source, BeirData) else load_beir(source, split)
     lang = language or data.language or ALL
@@ -168,9 +193,13 @@ def evaluate_beir(encoder, source: Union[str, Path, BeirData], *, split: str = "
     relevant, n_relevant = _relevant_rows(data, queries, qrels)
     documents = (data.corpus["title"].astype(str) + " " + data.corpus["text"].astype(str)).str.strip()
     options = dict(cache=cache, batch_size=batch_size, progress=progress)
-    ranks = beir_ranks(encode_texts(encoder, queries["text"].astype(str).tolist(), "query", **options),
-                       encode_texts(encoder, documents.tolist(), "passage", **options), relevant)
-    values = {"nDCG@10": M.ndcg_at_k(ranks, 10, n_relevant), "R@100": M.recall_at_k(ranks, 100, n_relevant)}
+    query_embeddings = encode_texts(encoder, queries["text"].astype(str).tolist(), "query", **options)
+    corpus_embeddings = encode_texts(encoder, documents.tolist(), "passage", **options)
+    if index_type is None:
+        ranks = beir_ranks(query_embeddings, corpus_embeddings, relevant)
+    else:
+        ranks = beir_top_k_ranks(query_embeddings, corpus_embeddings, relevant, BEIR_DEPTH, index_type)
+    values = {"nDCG@10": M.ndcg_at_k(ranks, 10, n_relevant), "R@100": M.recall_at_k(ranks, BEIR_DEPTH, n_relevant)}
     frame = pd.DataFrame([(model, strategy, seed, data.name, MONO, lang, lang, qid, metric, v)
                           for metric, column in values.items() for qid, v in zip(queries["_id"], column)],
                          columns=list(PER_QUERY_COLUMNS))

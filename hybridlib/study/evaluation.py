@@ -24,7 +24,8 @@ def _miracl_metrics(encoder, params: StudyParams, strategy: str, seed: int, cach
 
     languages = [l for l in (params.eval_languages or MIRACL_LANGUAGES) if l in MIRACL_LANGUAGES]
     per_query = pd.concat([evaluate_beir(encoder, f"miracl:{lang}", model=encoder.name, strategy=strategy, seed=seed,
-                                         language=lang, per_query=True, cache=cache)[1] for lang in languages],
+                                         language=lang, per_query=True, cache=cache,
+                                         index_type=params.beir_index)[1] for lang in languages],
                           ignore_index=True)
     return aggregate(per_query), per_query
 
