@@ -22,6 +22,7 @@ import yaml
 
 from hybridlib.config import load_params
 from hybridlib.pipeline import Step, StepFailed, is_done, run_study, study_steps
+from hybridlib.stats import CLAIMS, VERDICTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -63,8 +64,9 @@ def test_smoke_study_leaves_a_complete_run_folder(smoke_run):
     for name in executed:
         nb = nbformat.read(run_dir / "notebooks" / name, as_version=4)
         assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"], name
+    printed = result.stdout + result.stderr  # progress lines are logged (stderr)
     for step in range(1, 8):
-        assert f"[{step}/7]" in result.stdout
+        assert f"[{step}/7]" in printed
     assert load_params(run_dir / "params.yaml") == load_params(SMOKE)
 
 
@@ -89,10 +91,18 @@ def test_smoke_metrics_cover_every_strategy_and_setting(smoke_run):
 def test_smoke_report_significance_and_figures(smoke_run):
     run_dir, _ = smoke_run
     significance = pd.read_csv(run_dir / "metrics" / "significance.csv")
-    assert len(significance) == 6 * 4  # pairs of 4 strategies x (3 mAP settings + rank distance)
+    # pairs of 4 strategies x (3 mAP settings + rank distance, its fraction of the pool, own-language share)
+    assert len(significance) == 6 * 6
     assert significance["p_value"].between(0, 1).all()
+    # the unit of replication and the numbers of clusters and runs are named in every row
+    assert set(significance["resampling_unit"]) == {"paragraph clusters and training runs"}
+    assert significance["n_clusters"].between(1, significance["n_queries"].min()).all()
+    assert (significance[["n_runs_a", "n_runs_b"]] == 1).all().all()  # the smoke study has one seed
     claims = pd.read_csv(run_dir / "metrics" / "claims.csv")
-    assert len(claims) == 4 and claims["verdict"].isin(["holds", "does not hold", "undecided"]).all()
+    assert set(claims["claim"]) == {c.name for c in CLAIMS}
+    assert claims["verdict"].isin(list(VERDICTS)).all()
+    assert claims[["paper_xlmr", "paper_labse"]].notna().all().all()  # the paper's effect beside ours
+    assert {"n_clusters", "n_runs_a", "n_runs_b", "resampling_unit"} <= set(claims.columns)
     figures = {p.name for p in (run_dir / "figures").iterdir()}
     for stem in ("map_heatmaps_xquad-r", "settings_xquad-r", "rank_distance_xquad-r", "training_curves"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= figures
