@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from machine import describe_machine
 
 from hybridlib.data import load_lareqa
 from hybridlib.models import DualEncoder, build_default_model, cpu_has_fast_bf16
@@ -126,6 +127,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    print("machine:", "; ".join(f"{key} {value}" for key, value in describe_machine().items()))
     questions, candidates, answers = xquad_texts(args.candidates, args.full)
     texts = {"query": questions, "passage": candidates}
     n = len(questions) + len(candidates)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from machine import describe_machine
 
 from hybridlib.config import params_from_dict
 from hybridlib.losses import batch_loss
@@ -218,6 +219,7 @@ def main() -> None:
     if args.memory_worker:
         memory_worker(args.memory_worker, path, args.batch_size, args.steps)
         return
+    print("machine:", "; ".join(f"{key} {value}" for key, value in describe_machine().items()))
     print(f"model {args.model} ({path}); torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.1f}")
