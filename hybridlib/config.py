@@ -16,7 +16,7 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .constants import BATCH_STRATEGIES, PRECISIONS, STRATEGIES, ZERO_SHOT
+from .constants import BATCH_STRATEGIES, PAPER_STRATEGIES, PRECISIONS, STRATEGIES, ZERO_SHOT
 from .errors import HybridlibError
 
 DATASET_LANGUAGES = {
@@ -112,7 +112,7 @@ class StudyParams(BaseModel):
     beir_index: Optional[Literal["flat", "hnsw", "ivf"]] = None
 
     # -- batches (the paper's contribution)
-    strategies: list[str] = ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+    strategies: list[str] = [ZERO_SHOT, *PAPER_STRATEGIES]
     variants: list[Variant] = []  # extra named runs: alpha sweep, objective ablation
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     batch_size: int = Field(32, ge=2)

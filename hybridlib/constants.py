@@ -16,6 +16,8 @@ BATCH_STRATEGIES = ("x-x-mono", "x-y", "hybrid", "x-x", "en-en")
 STRATEGIES = (ZERO_SHOT,) + BATCH_STRATEGIES
 # The three strategies the paper compares (its claims are about these).
 PAPER_STRATEGIES = ("x-x-mono", "x-y", "hybrid")
+# The kinds of batch a hybrid run mixes: X-X-mono with probability alpha, else X-Y.
+HYBRID_KINDS = ("x-x-mono", "x-y")
 
 # ----------------------------------------------------------------------------- settings
 MONO, CROSS, MULTI = "monolingual", "crosslingual", "multilingual"

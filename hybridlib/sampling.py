@@ -51,7 +51,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .constants import BATCH_STRATEGIES
+from .constants import BATCH_STRATEGIES, HYBRID_KINDS
 from .errors import HybridlibError
 
 # Alias for the old hybridlib/train.py only; delete it once the hybridlib/train/ package replaces that file.
@@ -165,7 +165,7 @@ class BatchSampler:
         self.rank, self.world_size, self.parallel_queries = rank, world_size, parallel_queries
         self.indexes = [_PairIndex(t, languages, f"training dataset {d}") for d, t in enumerate(tables)]
         _check_languages(self.indexes, languages)
-        self.kinds = ("x-x-mono", "x-y") if strategy == "hybrid" else (strategy,)
+        self.kinds = HYBRID_KINDS if strategy == "hybrid" else (strategy,)
         self.pools = [self._pools_of(d, index) for d, index in enumerate(self.indexes)]
         self.datasets_of = {kind: self._datasets_for(kind) for kind in self.kinds}
         self.rngs = _random_streams(seed)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import StudyParams
+from ..constants import HYBRID_KINDS
 from ..errors import HybridlibError
 from ..sampling import BatchSampler
 
@@ -82,7 +83,7 @@ def validation_batches(table: pd.DataFrame, strategy: str, batch_size: int) -> d
     smallest pool of at least 2 ids (so every language can be validated).
     Raises ``TrainingError`` when no pool has 2 ids.
     """
-    kinds = ("x-x-mono", "x-y") if strategy == "hybrid" else (strategy,)
+    kinds = HYBRID_KINDS if strategy == "hybrid" else (strategy,)
     pools = {kind: _pool_sizes(table, kind) for kind in kinds}
     usable = [n for sizes in pools.values() for n in sizes.values() if n >= 2]
     if not usable:
