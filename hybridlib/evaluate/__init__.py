@@ -10,11 +10,21 @@ Setting and metric names and the table columns are in ``hybridlib.constants``. T
 ``hybridlib evaluate`` (``hybridlib.cli``) prints a summary of ``evaluate_lareqa``.
 """
 from .beir import BeirData, beir_ranks, evaluate_beir, load_beir
-from .cache import EvaluationError, PoolEmbeddings, candidate_texts, encode_pools, encode_texts, model_fingerprint
+from .cache import (
+    EvaluationError,
+    PoolEmbeddings,
+    cache_folder,
+    cache_key,
+    candidate_texts,
+    encode_pools,
+    encode_texts,
+    model_fingerprint,
+)
 from .lareqa import aggregate, evaluate_lareqa, lareqa_per_query, lareqa_ranks, summarize
 
 __all__ = [
-    "EvaluationError", "PoolEmbeddings", "candidate_texts", "encode_pools", "encode_texts", "model_fingerprint",
+    "EvaluationError", "PoolEmbeddings", "cache_folder", "cache_key", "candidate_texts", "encode_pools",
+    "encode_texts", "model_fingerprint",
     "aggregate", "evaluate_lareqa", "lareqa_per_query", "lareqa_ranks", "summarize",
     "BeirData", "beir_ranks", "evaluate_beir", "load_beir",
 ]

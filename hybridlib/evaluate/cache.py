@@ -66,7 +66,10 @@ def model_fingerprint(encoder) -> Optional[str]:
     return digest.hexdigest()
 
 
-def _cache_key(encoder, fingerprint: str, texts: Sequence[str], kind: str) -> str:
+def cache_key(encoder, fingerprint: str, texts: Sequence[str], kind: str, extra: Optional[dict] = None) -> str:
+    """The file key of ``texts`` embedded by ``encoder`` as ``kind``: a hash of the weights'
+    ``fingerprint``, the encoder's name, prefix, max length, pooling and precision, and the texts.
+    ``extra``: more that the cached object depends on (e.g. a faiss index's type)."""
     prefixes = getattr(encoder, "prefixes", None) or {}
     description = {
         "format": CACHE_FORMAT, "model": fingerprint, "name": str(getattr(encoder, "name", "")),
@@ -74,11 +77,13 @@ def _cache_key(encoder, fingerprint: str, texts: Sequence[str], kind: str) -> st
         "max_length": getattr(encoder, "max_length", None), "pooling": getattr(encoder, "pooling", None),
         "precision": getattr(encoder, "precision", None),
         "texts": hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest(),
+        **(extra or {}),
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40]
 
 
-def _cache_folder(cache) -> Optional[Path]:
+def cache_folder(cache) -> Optional[Path]:
+    """The folder of the embedding cache: True = ``cache_dir()/embeddings``, a path, or None (no cache)."""
     if cache is True:
         return cache_dir() / "embeddings"
     if cache is False or cache is None:
@@ -110,9 +115,9 @@ def encode_texts(encoder, texts: Sequence[str], kind: str, *, cache: Union[bool,
     texts = list(texts)
     codes, distinct = pd.factorize(pd.Series(texts, dtype=object))
     distinct = [str(t) for t in distinct]
-    folder = _cache_folder(cache)
+    folder = cache_folder(cache)
     fingerprint = model_fingerprint(encoder) if folder is not None else None
-    path = folder / f"{_cache_key(encoder, fingerprint, distinct, kind)}.npy" if fingerprint else None
+    path = folder / f"{cache_key(encoder, fingerprint, distinct, kind)}.npy" if fingerprint else None
     embeddings = None
     if path is not None and path.is_file():
         embeddings = np.load(path)

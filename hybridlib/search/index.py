@@ -13,8 +13,6 @@ any two embedding matrices (the BEIR path).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -24,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from ..constants import ALL
-from ..data import LaReQA, cache_dir
+from ..data import LaReQA
 from ..errors import HybridlibError
-from ..evaluate import candidate_texts, encode_texts, model_fingerprint
+from ..evaluate import cache_folder, cache_key, candidate_texts, encode_texts, model_fingerprint
 from ..io import atomic_path
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
@@ -121,28 +119,15 @@ class PoolIndex:
         return len(self.rows)
 
 
-def _cache_folder(cache: Cache) -> Optional[Path]:
-    if cache is True:
-        return cache_dir() / "embeddings"
-    return None if cache is False or cache is None else Path(cache)
-
-
 def _index_path(encoder, texts: list[str], index_type: str, cache: Cache) -> Optional[Path]:
     """``<embedding cache>/index-<key>.<type>.faiss``, keyed as ``encode_texts`` keys embeddings; None = no cache."""
-    folder = _cache_folder(cache)
+    folder = cache_folder(cache)
     fingerprint = model_fingerprint(encoder) if folder is not None else None
     if fingerprint is None:
         return None
-    description = {
-        "format": INDEX_FORMAT, "model": fingerprint, "name": str(getattr(encoder, "name", "")),
-        "prefix": (getattr(encoder, "prefixes", None) or {}).get("passage"),
-        "max_length": getattr(encoder, "max_length", None), "pooling": getattr(encoder, "pooling", None),
-        "precision": getattr(encoder, "precision", None), "index": index_type,
-        "parameters": [HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION] if index_type == "hnsw" else [],
-        "texts": hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest(),
-    }
-    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40]
-    return folder / f"index-{key}.{index_type}.faiss"
+    index = {"index_format": INDEX_FORMAT, "index": index_type,
+             "parameters": [HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION] if index_type == "hnsw" else []}
+    return folder / f"index-{cache_key(encoder, fingerprint, texts, 'passage', index)}.{index_type}.faiss"
 
 
 def build_index(encoder, data: LaReQA, lang: str = ALL, *, index_type: str = "flat", cache: Cache = True,
