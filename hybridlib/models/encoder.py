@@ -30,6 +30,7 @@ from ..errors import ModelError
 from ..io import atomic_dir, write_json
 from .default_model import PROVENANCE_FILE, build_default_model
 from .device import limit_threads_to_cpus, precision_warning, resolve_device, resolve_precision
+from .dropout import use_fast_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class DualEncoder:
             _warn_once(warning)
         limit_threads_to_cpus()
         self.tokenizer = load_tokenizer(path, str(name_or_path))
-        self.model = _load_model(path, str(name_or_path)).to(self.device).eval()
+        self.model = use_fast_dropout(_load_model(path, str(name_or_path))).to(self.device).eval()
 
     @classmethod
     def from_params(cls, params, name_or_path: Optional[str] = None) -> "DualEncoder":
