@@ -16,7 +16,17 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .constants import BATCH_STRATEGIES, PAPER_STRATEGIES, PRECISIONS, STRATEGIES, ZERO_SHOT
+from .constants import (
+    BATCH_STRATEGIES,
+    DAPT_FINE_TUNING,
+    DAPT_STRATEGIES,
+    PAPER_STRATEGIES,
+    PRECISIONS,
+    STRATEGIES,
+    ZERO_SHOT,
+)
+from .dapt.settings import DEFAULTS as DAPT_DEFAULTS
+from .dapt.settings import setting_problems
 from .errors import HybridlibError
 
 DATASET_LANGUAGES = {
@@ -27,6 +37,9 @@ DATASET_LANGUAGES = {
 PAPER_LANGUAGES = ("en", "ar", "zh", "de", "es", "ru", "th", "tr", "hi")
 KNOWN_LANGUAGES = tuple(sorted({l for ls in DATASET_LANGUAGES.values() for l in ls} | set(PAPER_LANGUAGES)))
 TRAIN_SOURCES = ("xquad-r", "mlqa-r", "mmarco")
+# The DaptSettings fields a parameter file sets, as keys ``dapt_<field>`` (precision and seed are the study's).
+DAPT_KEYS = ("steps", "batch_size", "learning_rate", "head_steps", "head_learning_rate", "mask_rate", "max_length",
+             "warmup_ratio", "weight_decay", "freeze_embeddings")
 EVAL_DATASETS = ("xquad-r", "mlqa-r", "miracl")
 
 
@@ -134,12 +147,28 @@ class StudyParams(BaseModel):
     precision: Literal[PRECISIONS] = "auto"
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
 
+    # -- domain-adaptive pre-training (strategies dapt, dapt+hybrid; hybridlib.dapt): continued masked-LM
+    # training on the training data's paragraphs, one run per seed. Used only when a DAPT strategy is
+    # listed; ranges checked by hybridlib.dapt's setting_problems, defaults those of DaptSettings.
+    dapt_steps: Optional[int] = None  # required with a DAPT strategy
+    dapt_batch_size: int = DAPT_DEFAULTS["batch_size"]  # paragraph windows per step
+    dapt_learning_rate: float = DAPT_DEFAULTS["learning_rate"]
+    dapt_head_steps: int = DAPT_DEFAULTS["head_steps"]  # head-only steps first (its transform starts random); 0: none
+    dapt_head_learning_rate: float = DAPT_DEFAULTS["head_learning_rate"]  # of those head-only steps
+    dapt_mask_rate: float = DAPT_DEFAULTS["mask_rate"]  # share of tokens predicted (BERT: 0.15)
+    dapt_max_length: int = DAPT_DEFAULTS["max_length"]  # tokens per window
+    dapt_warmup_ratio: float = DAPT_DEFAULTS["warmup_ratio"]
+    dapt_weight_decay: float = DAPT_DEFAULTS["weight_decay"]
+    dapt_freeze_embeddings: bool = DAPT_DEFAULTS["freeze_embeddings"]  # word embeddings (and tied decoder) fixed
+
     # -- outputs and statistics
     keep_models: bool = False  # keep fine-tuned weights in the run folder (~470 MB each)
     bootstrap_samples: int = Field(1000, ge=10)
 
     _floats = field_validator("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha",
-                              "parallel_query_weight", mode="before")(lambda value: _int_is_a_float(value))
+                              "parallel_query_weight", "dapt_learning_rate", "dapt_head_learning_rate",
+                              "dapt_mask_rate", "dapt_warmup_ratio", "dapt_weight_decay",
+                              mode="before")(lambda value: _int_is_a_float(value))
 
     @field_validator("train_dataset")
     @classmethod
@@ -201,8 +230,26 @@ class StudyParams(BaseModel):
                 raise ValueError(f"train_languages: {', '.join(missing)} not in {', '.join(lareqa)} "
                                  f"(it has {', '.join(sorted(available))})")
         if self.train_languages is not None and len(self.train_languages) < 2 and \
-                any(s in ("x-y", "hybrid") for s in self.strategies):
+                any(DAPT_FINE_TUNING.get(s, s) in ("x-y", "hybrid") for s in self.strategies):
             raise ValueError("train_languages: x-y and hybrid batches need at least two languages")
+        return self
+
+    @model_validator(mode="after")
+    def _dapt_settings(self):
+        dapt = [s for s in self.strategies if s in DAPT_STRATEGIES]
+        if dapt and self.dapt_steps is None:
+            raise ValueError(f"dapt_steps: required by the strategy {dapt[0]} (the number of DAPT steps)")
+        foreign = [s for s in self.train_sources if s not in DATASET_LANGUAGES]
+        if dapt and foreign:
+            raise ValueError(f"strategies: {dapt[0]} pre-trains on the training dataset's paragraphs, and "
+                             f"{foreign[0]} has none (use {' or '.join(DATASET_LANGUAGES)})")
+        values = self.dapt_values()
+        if values["steps"] is None:  # no DAPT strategy: the other settings are still checked
+            values["steps"] = 1
+        problems = setting_problems(values)
+        if problems:
+            name, message = problems[0]
+            raise ValueError(f"dapt_{name}: {message}")
         return self
 
     @model_validator(mode="after")
@@ -231,8 +278,17 @@ class StudyParams(BaseModel):
 
     @property
     def trained_strategies(self) -> list[str]:
-        """The strategies that fine-tune a model (all but ``zero-shot``)."""
+        """The strategies with a run per seed (all but ``zero-shot``): fine-tuning, DAPT (``dapt``) or both."""
         return [s for s in self.strategies if s != ZERO_SHOT]
+
+    @property
+    def dapt_strategies(self) -> list[str]:
+        """The strategies that start with domain-adaptive pre-training (``constants.DAPT_STRATEGIES``)."""
+        return [s for s in self.strategies if s in DAPT_STRATEGIES]
+
+    def dapt_values(self) -> dict:
+        """The ``dapt_*`` keys as ``DaptSettings`` fields (``{"steps": ..., "batch_size": ..., ...}``)."""
+        return {name: getattr(self, f"dapt_{name}") for name in DAPT_KEYS}
 
     def training_runs(self) -> list[tuple[str, str, "StudyParams"]]:
         """Every fine-tuning run as ``(label, strategy, params)``: the trained strategies, then the

@@ -12,8 +12,17 @@ from typing import Iterable
 ZERO_SHOT = "zero-shot"  # the encoder as loaded, not fine-tuned
 # Batch strategies of the sampler (``hybridlib.sampling``), in the order tables show them.
 BATCH_STRATEGIES = ("x-x-mono", "x-y", "hybrid", "x-x", "en-en")
-# Every strategy a study may list, in display order.
-STRATEGIES = (ZERO_SHOT,) + BATCH_STRATEGIES
+# Domain-adaptive pre-training (``hybridlib.dapt``; Gururangan et al., ACL 2020): continued masked-LM
+# training of the encoder on the training dataset's paragraphs, one run per seed shared by both strategies.
+DAPT = "dapt"  # DAPT, then zero-shot evaluation of the DAPT encoder
+DAPT_HYBRID = "dapt+hybrid"  # DAPT, then hybrid fine-tuning (the study's settings) from the DAPT encoder
+# The DAPT strategies and the batch strategy each fine-tunes with after DAPT (None: not fine-tuned).
+DAPT_FINE_TUNING = {DAPT: None, DAPT_HYBRID: "hybrid"}
+DAPT_STRATEGIES = tuple(DAPT_FINE_TUNING)
+# Every strategy a study may list, in display order: each DAPT strategy beside its counterpart
+# without DAPT (dapt after zero-shot, dapt+hybrid after hybrid).
+STRATEGIES = tuple(name for base in (ZERO_SHOT, *BATCH_STRATEGIES) for name in (
+    base, *(d for d, fine_tuning in DAPT_FINE_TUNING.items() if (fine_tuning or ZERO_SHOT) == base)))
 # The three strategies the paper compares (its claims are about these).
 PAPER_STRATEGIES = ("x-x-mono", "x-y", "hybrid")
 # The kinds of batch a hybrid run mixes: X-X-mono with probability alpha, else X-Y.

@@ -30,7 +30,18 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .constants import ALL, MULTI, RANK_DISTANCE, RANK_DISTANCE_FRACTION, SETTINGS, VALIDATION_SCORE, ordered_strategies
+from .constants import (
+    ALL,
+    DAPT,
+    DAPT_HYBRID,
+    MULTI,
+    RANK_DISTANCE,
+    RANK_DISTANCE_FRACTION,
+    SETTINGS,
+    VALIDATION_SCORE,
+    ZERO_SHOT,
+    ordered_strategies,
+)
 from .io import atomic_path
 
 SETTING_LABELS = {"monolingual": "monolingual X→X", "crosslingual": "cross-lingual X→Y",
@@ -41,14 +52,15 @@ _VALIDATION_PANELS = ((VALIDATION_SCORE, "validation score: held-out mAP, mean o
                                          "(selects every checkpoint; higher is better)"),
                       ("val_loss", "validation loss (each strategy's own batches;\nnot comparable across strategies)"))
 _PALETTE = sns.color_palette("colorblind", 10)
-STRATEGY_COLORS = {"zero-shot": _PALETTE[7], "x-x-mono": _PALETTE[0], "x-y": _PALETTE[1],
-                   "hybrid": _PALETTE[2], "x-x": _PALETTE[4], "en-en": _PALETTE[5]}
+# dapt: light blue, dapt+hybrid: pink; variants keep the colours they had before the DAPT strategies (3, 8)
+STRATEGY_COLORS = {ZERO_SHOT: _PALETTE[7], DAPT: _PALETTE[9], "x-x-mono": _PALETTE[0], "x-y": _PALETTE[1],
+                   "hybrid": _PALETTE[2], DAPT_HYBRID: _PALETTE[6], "x-x": _PALETTE[4], "en-en": _PALETTE[5]}
 
 
 def strategy_palette(strategies: Sequence[str]) -> dict:
     """Colour of each strategy: fixed for the known ones; other names (variants, e.g. ``hybrid-a0.25``)
     take the palette's remaining colours in the study's order."""
-    extra = iter([_PALETTE[i] for i in (3, 8, 9, 6)] + sns.color_palette("tab20", 20))
+    extra = iter([_PALETTE[i] for i in (3, 8)] + sns.color_palette("tab20", 20))
     return {s: STRATEGY_COLORS[s] if s in STRATEGY_COLORS else next(extra) for s in ordered_strategies(strategies)}
 
 
@@ -266,7 +278,8 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.plot(run["step"], run["loss"], color=colour, alpha=0.2, linewidth=0.8)
         ax.plot(run["step"], smooth(run["loss"], span), color=colour, linewidth=1.8,
                 label=strategy if seed == _first_seed(train_log, strategy) else None)
-    ax.set_ylabel("InfoNCE loss (batch)")
+    # the strategy dapt's log is DAPT's masked-LM loss (study.read_dapt_logs), not a fine-tuning's InfoNCE
+    ax.set_ylabel("masked-LM loss (batch)" if set(train_log["strategy"]) == {DAPT} else "InfoNCE loss (batch)")
     ax.set_title(f"training loss (EMA over {span} steps; faint: raw)" if span > 1 else "training loss")
     ax.legend(title="batches", fontsize=8)
     for ax, (column, label) in zip(axes[0, 1:], val_panels):

@@ -39,6 +39,30 @@ def write(tmp_path, text: str) -> Path:
     ("variants: [{name: h, strategy: zero-shot}]\n", "variants.0.strategy", "unknown strategy"),
     ("variants: [{name: h, strategy: hybrid, lr: 1}]\n", "variants.0.lr", "unknown key (known keys: name, strategy"),
     ("variants: [{name: x-y, strategy: hybrid}]\n", "variants", "'x-y' is used twice"),
+    # domain-adaptive pre-training: the ranges are hybridlib.dapt's setting_problems
+    ("strategies: [zero-shot, dapt]\n", "dapt_steps", "required by the strategy dapt"),
+    ("strategies: [dapt+hybrid]\ndapt_steps: 0\n", "dapt_steps", "must be > 0, not 0"),
+    ("strategies: [dapt]\ndapt_steps: 2.5\n", "dapt_steps", "valid integer"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_mask_rate: 0\n", "dapt_mask_rate", "must lie in (0, 1), not 0.0"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_mask_rate: 1\n", "dapt_mask_rate", "must lie in (0, 1), not 1.0"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_mask_rate: .nan\n", "dapt_mask_rate", "must lie in (0, 1)"),
+    ("dapt_mask_rate: 1.5\n", "dapt_mask_rate", "must lie in (0, 1)"),  # checked without a DAPT strategy too
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_learning_rate: 0\n", "dapt_learning_rate", "must be > 0"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_head_steps: -1\n", "dapt_head_steps", "must be >= 0, not -1"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_head_steps: 1.5\n", "dapt_head_steps", "valid integer"),
+    ("dapt_head_learning_rate: 0\n", "dapt_head_learning_rate", "must be > 0, not 0.0"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_head_learning_rate: .inf\n", "dapt_head_learning_rate", "must be > 0"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_head_learning_rate: fast\n", "dapt_head_learning_rate",
+     "valid number"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_batch_size: 0\n", "dapt_batch_size", "must be > 0"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_max_length: 2\n", "dapt_max_length", "must be >= 3"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_warmup_ratio: 1\n", "dapt_warmup_ratio", "must lie in [0, 1)"),
+    ("strategies: [dapt]\ndapt_steps: 5\ndapt_weight_decay: -1\n", "dapt_weight_decay", "must be >= 0"),
+    ("dapt_freeze_embeddings: maybe\n", "dapt_freeze_embeddings", "valid boolean"),
+    ("dapt_precision: fp32\n", "dapt_precision", "unknown key"),
+    ("strategies: [dapt]\ndapt_steps: 5\ntrain_dataset: mmarco\n", "strategies", "mmarco has none"),
+    ("strategies: [dapt+hybrid]\ndapt_steps: 5\ntrain_languages: [en]\n", "train_languages", "two languages"),
+    ("strategies: [dapt]\ndapt_steps: 5\ntrain_dataset: xquad-r\n", "train_dataset, eval_datasets", "zero-shot"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, key, problem):
     with pytest.raises(ParamsError) as error:
@@ -100,3 +124,29 @@ def test_variants_are_training_runs_with_their_settings(tmp_path):
                     "hybrid+sym": ("hybrid", 0.5, True)}
     with pytest.raises(ParamsError, match="no training run named 'x-y'"):
         params.for_run("x-y")
+
+
+def test_dapt_settings_come_from_one_place():
+    from dataclasses import fields
+
+    from hybridlib.config import DAPT_KEYS
+    from hybridlib.dapt import DaptSettings
+
+    params = StudyParams(strategies=["zero-shot", "dapt", "dapt+hybrid"], dapt_steps=7)
+    defaults = {f.name: f.default for f in fields(DaptSettings) if f.name in DAPT_KEYS and f.name != "steps"}
+    assert params.dapt_values() == {"steps": 7, **defaults}
+    assert set(DAPT_KEYS) == {f.name for f in fields(DaptSettings)} - {"precision", "seed"}
+    assert params.dapt_strategies == ["dapt", "dapt+hybrid"]
+    assert [label for label, _, _ in params.training_runs()] == ["dapt", "dapt+hybrid"]
+    assert StudyParams().dapt_steps is None and StudyParams().dapt_strategies == []
+
+
+def test_cli_check_accepts_the_dapt_study(capsys):
+    assert main(["check", str(ROOT / "params" / "dapt.yaml")]) == 0
+    params = load_params(ROOT / "params" / "dapt.yaml")
+    default = load_params(ROOT / "params" / "default.yaml")
+    assert params.strategies == ["zero-shot", "hybrid", "dapt", "dapt+hybrid"]
+    same = ("model", "train_dataset", "train_languages", "validation_ids", "eval_datasets", "eval_languages",
+            "eval_max_ids", "eval_sample_seed", "seeds", "max_steps", "batch_size", "learning_rate", "alpha",
+            "precision", "bootstrap_samples")
+    assert {k: getattr(params, k) for k in same} == {k: getattr(default, k) for k in same}

@@ -1,8 +1,9 @@
 """Tests of hybridlib.dapt: BERT masking against its definition and transformers' collator, the MLM
-head around the encoder, the DAPT loop (resumption, outputs, errors) on the tiny encoder.
+head around the encoder, the DAPT loop (its head and full phases, resumption in either, outputs,
+errors) on the tiny encoder.
 
-One test (``slow``) pre-trains the real default encoder for 16 steps and checks that its masked-LM
-loss on held-out MLQA-R paragraphs (the same masked positions before and after) goes down.
+One test (``slow``) pre-trains the real default encoder (8 head steps, then 16 full steps) and checks
+that its masked-LM loss on held-out MLQA-R paragraphs (the same masked positions each time) goes down.
 """
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ from hybridlib.dapt import (
     UnsupportedArchitectureError,
     continue_pretraining,
     evaluation_batches,
+    fresh_head_parameters,
     mask_tokens,
     masked_lm_head,
     masked_lm_logits,
+    masked_lm_loss,
     masked_lm_model,
     training_batch,
     training_paragraphs,
@@ -196,6 +199,24 @@ def test_head_runs_only_at_masked_positions_and_matches_the_full_head(tokenizer,
     assert torch.all((logits - full[selected]).abs() <= 4 * hidden * 2.0 ** -24 * summands)
 
 
+def test_without_encoder_training_only_the_head_gets_gradients(tokenizer, paragraphs, tiny_mlm):
+    encoder, mlm = tiny_mlm
+    mlm.train()
+    batch = masked_batch(tokenizer, token_windows(tokenizer, paragraphs[:4], 32), 0.15,
+                         torch.Generator().manual_seed(0))
+    masked_lm_loss(mlm, batch, train_encoder=False).backward()
+    fresh = {id(p) for p in fresh_head_parameters(mlm)}
+    # the fresh head: transform dense (weight, bias), its LayerNorm (weight, bias), the output bias
+    assert len(fresh) == 5 and id(encoder.get_input_embeddings().weight) not in fresh
+    assert all(p.grad is not None for p in fresh_head_parameters(mlm))
+    # the encoder ran without a graph; only the word embeddings, as the tied decoder, get a gradient
+    # (the loop's head phase sets their requires_grad off: test_the_head_phase_trains_only_the_fresh_head)
+    word = encoder.get_input_embeddings().weight
+    assert all(p.grad is None for p in encoder.parameters() if p is not word) and word.grad is not None
+    masked_lm_loss(mlm, batch).backward()
+    assert all(p.grad is not None for p in encoder.encoder.parameters())
+
+
 def _hidden(mlm, batch):
     return mlm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
 
@@ -221,7 +242,8 @@ def test_architectures_without_a_masked_lm_head_are_refused(tiny_model_dir, tmp_
 @pytest.mark.parametrize("setting, value", [
     ("steps", 0), ("steps", -3), ("steps", 2.5), ("mask_rate", 0.0), ("mask_rate", 1.0), ("mask_rate", 1.5),
     ("mask_rate", float("nan")), ("learning_rate", 0.0), ("batch_size", 0), ("max_length", 2),
-    ("warmup_ratio", 1.0), ("precision", "fp8"), ("freeze_embeddings", "yes"),
+    ("warmup_ratio", 1.0), ("precision", "fp8"), ("freeze_embeddings", "yes"), ("head_steps", -1),
+    ("head_steps", 1.5), ("head_learning_rate", 0.0), ("head_learning_rate", float("inf")),
 ])
 def test_bad_settings_are_refused_in_one_line(tmp_path, setting, value):
     settings = {"steps": 5} | {setting: value}
@@ -230,7 +252,7 @@ def test_bad_settings_are_refused_in_one_line(tmp_path, setting, value):
     assert "\n" not in str(error.value)
     with pytest.raises(DaptError):
         DaptSettings(**settings)
-    assert DaptSettings(steps=5).problems() == []
+    assert DaptSettings(steps=5).problems() == [] and DaptSettings(steps=5, head_steps=0).problems() == []
 
 
 def test_no_text_is_refused(tmp_path):
@@ -241,30 +263,64 @@ def test_no_text_is_refused(tmp_path):
 # -- the loop ---------------------------------------------------------------------------------
 
 def tiny_run(model_dir, paragraphs, out_dir, **overrides):
-    values = dict(steps=6, batch_size=4, max_length=32, learning_rate=1e-3, precision="fp32", device="cpu",
-                  eval_paragraphs=paragraphs[:8], checkpoint_every=2, progress=False, seed=3)
+    """3 head steps then 4 full steps on the tiny encoder, a checkpoint every 2 steps (and at step 3)."""
+    values = dict(steps=4, head_steps=3, batch_size=4, max_length=32, learning_rate=1e-3, head_learning_rate=1e-2,
+                  precision="fp32", device="cpu", eval_paragraphs=paragraphs[:8], checkpoint_every=2,
+                  progress=False, seed=3)
     return continue_pretraining(str(model_dir), paragraphs[8:40], out_dir, **(values | overrides))
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, paragraphs, tmp_path):
-    whole = tiny_run(tiny_model_dir, paragraphs, tmp_path / "whole")
-
+def interrupted_run(model_dir, paragraphs, out_dir, at: int, **overrides):
+    """``tiny_run`` stopped after step ``at`` (after that step's checkpoint, if any); its ``last.pt``."""
     def interrupt(step):
-        if step == 3:
+        if step == at:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tiny_run(tiny_model_dir, paragraphs, tmp_path / "cut", on_step=interrupt)
-    assert (tmp_path / "cut" / "checkpoints" / "last.pt").is_file()
+        tiny_run(model_dir, paragraphs, out_dir, on_step=interrupt, **overrides)
+    return torch.load(out_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_model_dir, paragraphs, tmp_path_factory):
+    return tiny_run(tiny_model_dir, paragraphs, tmp_path_factory.mktemp("dapt") / "whole")
+
+
+# at: inside the head phase (checkpoint of step 2, head optimizer), at its end (checkpoint of step 3:
+# the full phase starts afresh), inside the full phase (resumed from step 4's checkpoint, full optimizer)
+@pytest.mark.parametrize("at, saved_step, saved_phase", [(2, 2, "head"), (3, 3, "head"), (5, 4, "full")])
+def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, paragraphs, tmp_path, whole_run, at,
+                                                      saved_step, saved_phase):
+    saved = interrupted_run(tiny_model_dir, paragraphs, tmp_path / "cut", at)
+    assert (saved["progress"]["step"], saved["phase"]) == (saved_step, saved_phase)
     resumed = tiny_run(tiny_model_dir, paragraphs, tmp_path / "cut")
-    assert resumed.resumed and not whole.resumed and resumed.steps == 6
+    assert resumed.resumed and not whole_run.resumed and (resumed.head_steps, resumed.steps) == (3, 4)
     assert not (tmp_path / "cut" / "checkpoints").exists()
-    a, b = load_file(whole.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
+    # fp32 on one CPU, the same operations in the same order: bitwise equal, not merely close
+    a, b = (load_file(r.model_dir / "model.safetensors") for r in (whole_run, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    logs = [pd.read_csv(r.log_path) for r in (whole, resumed)]
-    assert logs[0]["step"].tolist() == list(range(1, 7))
-    assert np.array_equal(logs[0]["loss"], logs[1]["loss"])
-    assert (whole.eval_loss_start, whole.eval_loss_end) == (resumed.eval_loss_start, resumed.eval_loss_end)
+    logs = [pd.read_csv(r.log_path) for r in (whole_run, resumed)]
+    assert logs[0]["step"].tolist() == list(range(1, 8))
+    assert logs[0]["phase"].tolist() == ["head"] * 3 + ["full"] * 4
+    assert np.array_equal(logs[0]["loss"], logs[1]["loss"]) and np.array_equal(logs[0]["lr"], logs[1]["lr"])
+    losses = [(r.eval_loss_start, r.eval_loss_head, r.eval_loss_end) for r in (whole_run, resumed)]
+    assert losses[0] == losses[1] and None not in losses[0]
+
+
+def test_the_head_phase_trains_only_the_fresh_head(tiny_model_dir, paragraphs, tmp_path):
+    from transformers import AutoModel
+
+    # embeddings not frozen: the decoder tied to them must still stay fixed during the head phase
+    saved = interrupted_run(tiny_model_dir, paragraphs, tmp_path / "run", 3, freeze_embeddings=False)["model"]
+    original = load_file(tiny_model_dir / "model.safetensors")
+    assert all(torch.equal(saved[f"bert.{name}"], value) for name, value in original.items())
+    fresh = masked_lm_model(AutoModel.from_pretrained(tiny_model_dir, add_pooling_layer=False), seed=3).state_dict()
+    head = [name for name in fresh if name.startswith("cls.") and not name.endswith("decoder.weight")]
+    assert {"cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.bias",
+            "cls.predictions.bias"} <= set(head)
+    assert all(not torch.equal(saved[name], fresh[name]) for name in head)
+    log = pd.read_csv(tmp_path / "run" / "dapt_log.csv")
+    assert log["phase"].tolist() == ["head"] * 3 and log["lr"].max() == pytest.approx(1e-2)
 
 
 def test_outputs_load_as_the_encoder_without_the_head(tiny_model_dir, paragraphs, tmp_path):
@@ -279,25 +335,40 @@ def test_outputs_load_as_the_encoder_without_the_head(tiny_model_dir, paragraphs
     assert encoder.settings() == DualEncoder(str(tiny_model_dir), device="cpu", precision="fp32").settings()
     assert encoder.encode(["a test"], kind="query", progress=False).shape == (1, 32)
     log = pd.read_csv(result.log_path)
-    assert log.columns.tolist() == ["step", "loss", "lr", "masked_tokens", "seconds"]
-    assert log["lr"].max() == pytest.approx(1e-3) and log["lr"].iloc[0] == 0.0  # warm-up 1 step, decay
+    assert log.columns.tolist() == ["step", "phase", "loss", "lr", "masked_tokens", "seconds"]
+    # each phase: round(0.1 * its steps) = 0 warm-up steps, then linear decay from its own peak rate to 0
+    head, full = log[log["phase"] == "head"], log[log["phase"] == "full"]
+    assert head["lr"].tolist() == pytest.approx([1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
+    assert full["lr"].tolist() == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
     evals = pd.read_csv(tmp_path / "run" / "dapt_eval.csv")
-    assert evals["step"].tolist() == [0, 6] and evals["masked_tokens"].nunique() == 1
-    assert evals["eval_loss"].tolist() == [result.eval_loss_start, result.eval_loss_end]
+    assert evals["step"].tolist() == [0, 3, 7] and evals["phase"].tolist() == ["start", "head", "full"]
+    assert evals["masked_tokens"].nunique() == 1
+    assert evals["eval_loss"].tolist() == [result.eval_loss_start, result.eval_loss_head, result.eval_loss_end]
     done = json.loads((tmp_path / "run" / "dapt_done.json").read_text())
-    assert done["steps"] == 6 and done["settings"]["mask_rate"] == 0.15
+    assert (done["steps"], done["head_steps"]) == (4, 3) and done["settings"]["mask_rate"] == 0.15
     again = tiny_run(tiny_model_dir, paragraphs, tmp_path / "run")  # finished: returned at once
-    assert again.eval_loss_end == result.eval_loss_end and not again.resumed
+    assert again == dataclasses.replace(result, resumed=False)
     with pytest.raises(DaptError, match="another model, settings or texts"):
-        tiny_run(tiny_model_dir, paragraphs, tmp_path / "run", learning_rate=2e-3)
+        tiny_run(tiny_model_dir, paragraphs, tmp_path / "run", head_learning_rate=2e-2)
 
 
 def test_frozen_embeddings_stay_fixed_while_the_body_trains(tiny_model_dir, paragraphs, tmp_path):
-    result = tiny_run(tiny_model_dir, paragraphs, tmp_path / "run", steps=2, freeze_embeddings=True)
+    result = tiny_run(tiny_model_dir, paragraphs, tmp_path / "run", steps=2, head_steps=0, freeze_embeddings=True)
     saved, original = load_file(result.model_dir / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
     word, body = "embeddings.word_embeddings.weight", "encoder.layer.1.output.dense.weight"
     assert torch.equal(saved[word], original[word])
     assert not torch.equal(saved[body], original[body])
+    # without a head phase: full steps only, no evaluation in between
+    assert pd.read_csv(result.log_path)["phase"].tolist() == ["full", "full"]
+    assert pd.read_csv(tmp_path / "run" / "dapt_eval.csv")["step"].tolist() == [0, 2]
+    assert result.eval_loss_head is None and result.head_steps == 0
+
+
+def test_unfrozen_embeddings_train_in_the_full_phase(tiny_model_dir, paragraphs, tmp_path):
+    result = tiny_run(tiny_model_dir, paragraphs, tmp_path / "run", steps=1, head_steps=1, freeze_embeddings=False)
+    saved, original = load_file(result.model_dir / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    word = "embeddings.word_embeddings.weight"
+    assert not torch.equal(saved[word], original[word])
 
 
 def test_evaluation_masks_are_fixed(tokenizer, paragraphs):
@@ -313,6 +384,7 @@ def test_dapt_lowers_the_held_out_masked_lm_loss_of_the_default_encoder(tmp_path
     held_out = paragraphs[::every][:32]
     train = [p for i, p in enumerate(paragraphs) if i % every or i // every >= 32]
     result = continue_pretraining("default", train, tmp_path / "dapt", steps=16, batch_size=8, max_length=64,
-                                  learning_rate=5e-5, precision="auto", device="cpu", seed=0,
-                                  eval_paragraphs=held_out, progress=False)
-    assert result.eval_loss_end < result.eval_loss_start, (result.eval_loss_start, result.eval_loss_end)
+                                  learning_rate=5e-5, head_steps=8, head_learning_rate=1e-3, precision="auto",
+                                  device="cpu", seed=0, eval_paragraphs=held_out, progress=False)
+    losses = (result.eval_loss_start, result.eval_loss_head, result.eval_loss_end)
+    assert result.eval_loss_head < result.eval_loss_start and result.eval_loss_end < result.eval_loss_head, losses

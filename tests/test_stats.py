@@ -23,6 +23,7 @@ from hybridlib.stats import (
     paired_tests,
     unseen_language_split,
 )
+from hybridlib.stats.claims import DAPT_CLAIMS
 from hybridlib.stats.resampling import percentile_p_value
 
 MONO, CROSS, MULTI = "monolingual", "crosslingual", "multilingual"
@@ -510,6 +511,45 @@ def test_verdicts_from_paired_tests_on_a_designed_study():
     assert verdicts["X-Y is best cross-lingually"] == "inconclusive"
     assert verdicts["Hybrid matches or beats X-X-mono and X-Y everywhere"] == "supported"
     assert verdicts["Hybrid lowers the rank distance relative to X-X-mono"] == "not tested"
+
+
+# ----------------------------------------------------------------------------- DAPT claims
+def dapt_rows(p=0.001):
+    """dapt - zero-shot and dapt+hybrid - hybrid in the three settings (+0.01 mAP) and the rank distance (-20)."""
+    rows = [(s, "mAP", a, b, 0.01, 0.005, 0.015, p) for s in (MONO, CROSS, MULTI)
+            for a, b in (("dapt", "zero-shot"), ("dapt+hybrid", "hybrid"))]
+    return rows + [(MULTI, "rank_distance", a, b, -20.0, -30.0, -10.0, p)
+                   for a, b in (("dapt", "zero-shot"), ("dapt+hybrid", "hybrid"))]
+
+
+def test_dapt_claims_are_listed_only_where_their_strategies_are_compared():
+    paper_only = claim_verdicts(significance(hybrid_rows()))
+    assert list(paper_only["claim"].unique()) == [c.name for c in CLAIMS]
+    with_dapt = claim_verdicts(significance(hybrid_rows() + dapt_rows()))
+    assert list(with_dapt["claim"].unique()) == [c.name for c in CLAIMS + DAPT_CLAIMS]
+    dapt = with_dapt[with_dapt["claim"].isin([c.name for c in DAPT_CLAIMS])]
+    # one comparison each: DAPT vs zero-shot and DAPT+hybrid vs hybrid, per setting (mAP) and the rank distance
+    assert sorted(zip(dapt["strategy_a"], dapt["strategy_b"], dapt["setting"], dapt["metric"])) == sorted(
+        (a, b, s, m) for a, b in (("dapt", "zero-shot"), ("dapt+hybrid", "hybrid"))
+        for s, m in ((MONO, "mAP"), (CROSS, "mAP"), (MULTI, "mAP"), (MULTI, "rank_distance")))
+    assert set(dapt["verdict"]) == {"supported"} and dapt["paper_xlmr"].isna().all()
+    # only dapt vs zero-shot compared: the dapt+hybrid claims are not listed at all
+    only_dapt = claim_verdicts(significance([r for r in dapt_rows() if r[2] == "dapt"]))
+    assert set(only_dapt["strategy_a"]) == {"x-x-mono", "x-y", "hybrid", "dapt"}
+    # turned around (zero-shot - dapt stored), DAPT significantly worse: contradicted
+    worse = [(MONO, "mAP", "zero-shot", "dapt", 0.01, 0.005, 0.015, 0.001)]
+    assert verdict(significance(worse), "DAPT raises monolingual") == "contradicted"
+
+
+def test_dapt_claims_are_their_own_holm_family():
+    # the paper's claims come out the same with or without the DAPT comparisons beside them
+    paper = claim_verdicts(significance(hybrid_rows()))
+    both = claim_verdicts(significance(hybrid_rows() + dapt_rows(p=0.004)))
+    mine = both[both["claim"].isin([c.name for c in CLAIMS])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, paper)
+    # 8 DAPT comparisons with p = 0.004 each: Holm gives 8 * 0.004 to all (the step-down maximum)
+    dapt = both[both["claim"].isin([c.name for c in DAPT_CLAIMS])]
+    assert dapt["p_holm"].tolist() == pytest.approx([0.032] * 8)
 
 
 # ----------------------------------------------------------------------------- errors

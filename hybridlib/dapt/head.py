@@ -10,6 +10,13 @@ is freshly initialised with the architecture's own initialiser under a fixed see
 with the encoder is not used. ``masked_lm_logits`` runs the encoder over the whole batch but the
 head only at the masked positions: on a 250k-token vocabulary the head at every position would
 cost several times the encoder itself.
+
+Gururangan et al. (2020) continue RoBERTa's pre-training with RoBERTa's own pre-trained MLM head.
+This encoder comes without one, so a fresh transform layer sits between the encoder and the
+tied decoder; until it has learnt to map the encoder's hidden states to the embedding space, its
+gradients are noise for the encoder. ``fresh_head_parameters`` are the weights the DAPT loop's
+head phase trains alone (``masked_lm_loss(..., train_encoder=False)``: the encoder runs without
+a graph) before the encoder trains with it.
 """
 from __future__ import annotations
 
@@ -65,25 +72,36 @@ def masked_lm_head(mlm) -> torch.nn.Module:
     return heads[0]
 
 
-def masked_lm_logits(mlm, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fresh_head_parameters(mlm) -> list[torch.nn.Parameter]:
+    """The head's freshly initialised weights: all of the head but the decoder matrix tied to the word
+    embeddings (BERT: the transform's dense layer and LayerNorm, and the output bias)."""
+    tied = mlm.get_output_embeddings().weight
+    return [p for p in masked_lm_head(mlm).parameters() if p is not tied]
+
+
+def masked_lm_logits(mlm, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                     train_encoder: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, targets)`` at the predicted positions only (``labels != -100``), row-major order.
 
     The encoder runs over the whole batch; its hidden states at the predicted positions are
     gathered into an ``(n, hidden)`` matrix and only those go through the head: ``(n, vocab)``
     logits instead of ``(batch, length, vocab)``. Equal to the full model's logits there.
+    ``train_encoder=False`` runs the encoder under ``torch.no_grad`` (gradients reach the head only).
     """
-    hidden = mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+        hidden = mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     selected = labels != IGNORE_INDEX
     return masked_lm_head(mlm)(hidden[selected]), labels[selected]
 
 
-def masked_lm_loss(mlm, batch: dict, reduction: str = "mean") -> torch.Tensor:
+def masked_lm_loss(mlm, batch: dict, reduction: str = "mean", train_encoder: bool = True) -> torch.Tensor:
     """Cross-entropy of the predicted tokens of a ``masked_batch`` (computed in float32).
 
-    ``reduction``: ``mean`` over the predicted tokens (training) or ``sum`` (evaluation totals).
+    ``reduction``: ``mean`` over the predicted tokens (training) or ``sum`` (evaluation totals);
+    ``train_encoder``: as in ``masked_lm_logits``.
     """
-    logits, targets = masked_lm_logits(mlm, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    logits, targets = masked_lm_logits(mlm, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                       train_encoder)
     if targets.numel() == 0:  # nothing selected (tiny batches only): no loss, but a graph for backward
         return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction=reduction)

@@ -1,4 +1,4 @@
-"""The paper's four claims as comparisons of strategies, each judged from the paired tests.
+"""The paper's four claims, and the study's DAPT questions, as comparisons of strategies judged from the paired tests.
 
 A claim compares its strategy S with competitors C in some settings; each (setting, C) is one
 *comparison*, read from one row of ``paired_tests`` output (either orientation). The claims
@@ -7,8 +7,18 @@ difference for the same comparison (XLM-R and LaBSE, ``hybridlib.paper``), wheth
 interval includes the paper's size, and the outcome of the comparison; the claim's verdict
 repeats on each of its rows. Words: ``VERDICTS``; the margin: ``MARGIN_REASON``.
 
+``CLAIMS`` are the paper's; ``DAPT_CLAIMS`` ask what domain-adaptive pre-training (the strategies
+``dapt`` and ``dapt+hybrid``) does: does DAPT alone beat the encoder as loaded, and does DAPT before
+hybrid fine-tuning beat hybrid alone, per setting (monolingual, cross-lingual, multilingual mAP)
+and in rank distance. Each is a superiority claim of one comparison (its own verdict), so
+"contradicted" means DAPT made that number significantly worse. A DAPT claim is listed only for
+a model and dataset whose paired tests compare its two strategies; the paper's claims are always
+listed (``not tested`` where their strategies are missing).
+
 Multiplicity: the p-values (of "no difference") are Holm-adjusted (Holm 1979) over every
-distinct comparison of the whole table, all claims, models and datasets together. A claim is
+distinct comparison of one *family* in the whole table, all its claims, models and datasets
+together. The paper's claims are one family and the DAPT claims another, so that the paper's
+claims come out exactly the same whether or not a study adds the DAPT strategies. A claim is
 supported only when ALL its comparisons are (an intersection-union test, Berger 1982, which
 needs no further adjustment); one contradicted comparison contradicts it.
 """
@@ -20,7 +30,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..constants import CROSS, MONO, MULTI, RANK_DISTANCE, SETTINGS, is_lower_better
+from ..constants import CROSS, DAPT, DAPT_HYBRID, MONO, MULTI, RANK_DISTANCE, SETTINGS, ZERO_SHOT, is_lower_better
 from ..paper import PAPER_MODELS, paper_difference, smallest_claimed_gain
 from .frame import StatsError
 
@@ -59,6 +69,8 @@ class Claim:
 
     kind ``superiority``: ``strategy`` is better than every competitor (higher mAP, lower rank
     distance). kind ``non-inferiority``: ``strategy`` is nowhere worse by more than the margin.
+    ``family``: the Holm family of its comparisons. ``always_listed``: False lists the claim only
+    for a model and dataset whose paired tests compare all its strategies.
     """
     name: str
     kind: str
@@ -66,6 +78,8 @@ class Claim:
     competitors: tuple[str, ...]
     settings: tuple[str, ...]
     metric: str
+    family: str = "paper"
+    always_listed: bool = True
 
 
 CLAIMS = (
@@ -76,6 +90,20 @@ CLAIMS = (
     Claim("Hybrid lowers the rank distance relative to X-X-mono", SUPERIORITY, "hybrid", ("x-x-mono",), (MULTI,),
           RANK_DISTANCE),
 )
+_SETTING_WORDS = {MONO: "monolingual", CROSS: "cross-lingual", MULTI: "multilingual"}
+
+
+def _dapt_claims(strategy: str, competitor: str, subject: str, other: str) -> tuple[Claim, ...]:
+    """The four DAPT questions for ``strategy`` against ``competitor``: mAP per setting, rank distance."""
+    claims = [Claim(f"{subject} raises {_SETTING_WORDS[setting]} mAP over {other}", SUPERIORITY, strategy,
+                    (competitor,), (setting,), "mAP", family="dapt", always_listed=False) for setting in SETTINGS]
+    claims.append(Claim(f"{subject} lowers the rank distance relative to {other}", SUPERIORITY, strategy,
+                        (competitor,), (MULTI,), RANK_DISTANCE, family="dapt", always_listed=False))
+    return tuple(claims)
+
+
+DAPT_CLAIMS = (_dapt_claims(DAPT, ZERO_SHOT, "DAPT", "zero-shot")
+               + _dapt_claims(DAPT_HYBRID, "hybrid", "DAPT before hybrid", "hybrid alone"))
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
@@ -140,12 +168,16 @@ def _verdict(outcomes: pd.Series) -> str:
 
 
 def _adjust(table: pd.DataFrame) -> np.ndarray:
-    """Holm-adjusted p-values over the distinct comparisons of the whole table (a - b and b - a are one)."""
-    hypothesis = [(m, d, s, k, frozenset((a, b))) for m, d, s, k, a, b in
-                  table[["model", "eval_dataset", "setting", "metric", "strategy_a", "strategy_b"]].itertuples(
-                      index=False)]
-    tested = {h: p for h, p in zip(hypothesis, table["p_value"]) if not np.isnan(p)}
-    adjusted = dict(zip(tested, holm(np.array(list(tested.values()), dtype=float)))) if tested else {}
+    """Holm-adjusted p-values over the distinct comparisons of each family in the whole table
+    (a - b and b - a are one)."""
+    hypothesis = [(f, m, d, s, k, frozenset((a, b))) for f, m, d, s, k, a, b in
+                  table[["_family", "model", "eval_dataset", "setting", "metric", "strategy_a",
+                         "strategy_b"]].itertuples(index=False)]
+    adjusted = {}
+    for family in dict.fromkeys(table["_family"]):
+        tested = {h: p for h, p in zip(hypothesis, table["p_value"]) if h[0] == family and not np.isnan(p)}
+        if tested:
+            adjusted.update(zip(tested, holm(np.array(list(tested.values()), dtype=float))))
     return np.array([adjusted.get(h, np.nan) for h in hypothesis])
 
 
@@ -158,7 +190,8 @@ def _check(significance: pd.DataFrame, alpha: float, margin: float) -> None:
 
 
 def claim_verdicts(significance: pd.DataFrame, *, alpha: float = 0.05, margin: float = NONINFERIORITY_MARGIN,
-                   claims: Sequence[Claim] = CLAIMS, pool_sizes: Optional[Mapping[str, int]] = None) -> pd.DataFrame:
+                   claims: Sequence[Claim] = CLAIMS + DAPT_CLAIMS,
+                   pool_sizes: Optional[Mapping[str, int]] = None) -> pd.DataFrame:
     """The claims table: every comparison of every claim per (model, eval_dataset), from ``paired_tests`` output.
 
     Args:
@@ -167,7 +200,8 @@ def claim_verdicts(significance: pd.DataFrame, *, alpha: float = 0.05, margin: f
         margin: non-inferiority margin in mAP (default ``NONINFERIORITY_MARGIN``, see ``MARGIN_REASON``).
             Non-inferiority is read off the interval of the significance table (95% by default: a
             one-sided 2.5% test per comparison).
-        claims: the claims to judge (default the paper's four, ``CLAIMS``).
+        claims: the claims to judge (default the paper's four, ``CLAIMS``, then ``DAPT_CLAIMS``; a
+            claim not ``always_listed`` only where the tests compare its strategies).
         pool_sizes: eval_dataset -> number of candidates of OUR multilingual pool. The paper's
             rank distances count positions in its full pools; with our pool size they are rescaled
             to the same fraction of our pool and compared with our interval, without it the
@@ -175,8 +209,8 @@ def claim_verdicts(significance: pd.DataFrame, *, alpha: float = 0.05, margin: f
             do not compare).
 
     The smallest p-value of ``paired_tests`` is 2 / (B + 1), so with m distinct comparisons in
-    the table (9 per dataset for the paper's claims) no superiority can be supported unless
-    2 m / (B + 1) < alpha: B = 1000 serves up to 25 comparisons at alpha = 0.05.
+    the family (9 per dataset for the paper's claims, 8 for the DAPT claims) no superiority can be
+    supported unless 2 m / (B + 1) < alpha: B = 1000 serves up to 25 comparisons at alpha = 0.05.
 
     Returns a frame with ``CLAIM_COLUMNS``: ``mean_diff, ci_low, ci_high`` are ours for
     ``strategy_a - strategy_b`` (a = the claim's strategy), ``paper_xlmr``/``paper_labse`` the
@@ -193,7 +227,10 @@ def claim_verdicts(significance: pd.DataFrame, *, alpha: float = 0.05, margin: f
         tables = list(significance.groupby(["model", "eval_dataset"], sort=True))
     rows = []
     for (model, dataset), tests in tables:
+        compared = set(tests["strategy_a"]) | set(tests["strategy_b"]) if len(tests) else set()
         for claim in claims:
+            if not claim.always_listed and not {claim.strategy, *claim.competitors} <= compared:
+                continue
             for setting in claim.settings:
                 for other in claim.competitors:
                     found = _comparison(tests, claim.strategy, other, setting, claim.metric) if len(tests) else {}
@@ -201,8 +238,8 @@ def claim_verdicts(significance: pd.DataFrame, *, alpha: float = 0.05, margin: f
                     rows.append(dict(model=model, eval_dataset=dataset, claim=claim.name, setting=setting,
                                      metric=claim.metric, strategy_a=claim.strategy, strategy_b=other, **found,
                                      **_paper_columns(dataset, setting, claim.metric, claim.strategy, other, low, high,
-                                                      pool_sizes), _kind=claim.kind))
-    table = pd.DataFrame(rows).reindex(columns=[*CLAIM_COLUMNS, "_kind"])
+                                                      pool_sizes), _kind=claim.kind, _family=claim.family))
+    table = pd.DataFrame(rows).reindex(columns=[*CLAIM_COLUMNS, "_kind", "_family"])
     table[["mean_diff", "ci_low", "ci_high", "p_value"]] = table[["mean_diff", "ci_low", "ci_high",
                                                                   "p_value"]].astype(float)
     table["p_holm"] = _adjust(table)

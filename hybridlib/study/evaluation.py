@@ -10,7 +10,7 @@ from typing import Optional
 import pandas as pd
 
 from ..config import DATASET_LANGUAGES, StudyParams
-from ..constants import ZERO_SHOT
+from ..constants import DAPT_FINE_TUNING, ZERO_SHOT
 from ..io import write_table
 from .run import MIRACL_LANGUAGES, StudyError, expected_tags, load_eval_data, model_tag
 
@@ -74,13 +74,36 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
     when called again); the logs are copied to ``train_log/``, the metrics written to
     ``metrics/parts/<tag>.csv``, then the training folder is deleted (with ``keep_models`` the
     final model moves to ``models/<tag>/`` first). Disk use: one model at a time.
+
+    The DAPT strategies (``constants.DAPT_FINE_TUNING``) first get the DAPT encoder of ``seed``
+    (``dapt.pretrain_for_study``: pre-trained once in ``dapt/seed<k>/``, shared by both). ``dapt``
+    evaluates it as it is (its masked-LM log is its ``train_log``; ``keep_models`` copies it to
+    ``models/<tag>/``); ``dapt+hybrid`` fine-tunes it with hybrid batches and the study's
+    settings, as above. Once every DAPT strategy of the study has its metrics for ``seed``, the
+    DAPT encoder is deleted (its logs stay).
     """
-    from ..models import DualEncoder
-    from ..search import write_encoder_record
+    batches, run_params = params.for_run(strategy)
+    if batches not in DAPT_FINE_TUNING:
+        return _fine_tune_and_evaluate(params, run_params, run_dir, strategy, batches, seed, progress)
+    from ..dapt import pretrain_for_study
+
+    dapt = pretrain_for_study(params, run_dir, seed, progress=progress)
+    if DAPT_FINE_TUNING[batches] is None:
+        metrics = _evaluate_dapt(params, run_dir, strategy, seed, dapt)
+    else:
+        from_dapt = run_params.model_copy(update={"model": str(dapt.model_dir)})
+        metrics = _fine_tune_and_evaluate(params, from_dapt, run_dir, strategy, DAPT_FINE_TUNING[batches], seed,
+                                          progress)
+    _release_dapt(params, run_dir, seed, dapt.model_dir)
+    return metrics
+
+
+def _fine_tune_and_evaluate(params: StudyParams, run_params: StudyParams, run_dir: Path, label: str, batches: str,
+                            seed: int, progress: bool) -> pd.DataFrame:
+    """``train_and_evaluate`` of one fine-tuning run: ``run_params`` train, ``params`` evaluate."""
     from ..train import train
 
-    batches, run_params = params.for_run(strategy)
-    tag = model_tag(strategy, seed)
+    tag = model_tag(label, seed)
     work = run_dir / "training" / tag
     result = train(run_params, strategy=batches, seed=seed, out_dir=work, progress=progress)
     (run_dir / "train_log").mkdir(parents=True, exist_ok=True)
@@ -88,13 +111,7 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
     val_log = Path(result.log_path).with_name("val_log.csv")
     if val_log.exists():
         shutil.copyfile(val_log, run_dir / "train_log" / f"{tag}.val.csv")
-    encoder = DualEncoder.from_params(params, name_or_path=str(result.model_dir))
-    # the pools' embeddings stay in the run folder (a third of XQuAD-R: ~13 MB a model), so that
-    # notebook 06 and `hybridlib search` can explore a model whose weights are not kept
-    metrics, per_query = evaluate_encoder(encoder, params, strategy, seed, cache=run_dir / "embeddings")
-    write_encoder_record(encoder, run_dir / "embeddings" / f"{tag}.json")
-    _save_part(run_dir, tag, metrics, per_query)
-    del encoder
+    metrics = _evaluate_saved(params, run_dir, label, seed, result.model_dir)
     if params.keep_models:
         target = run_dir / "models" / tag
         shutil.rmtree(target, ignore_errors=True)
@@ -104,6 +121,41 @@ def train_and_evaluate(params: StudyParams, run_dir: Path, strategy: str, seed: 
     if not any(work.parent.iterdir()):
         work.parent.rmdir()
     return metrics
+
+
+def _evaluate_saved(params: StudyParams, run_dir: Path, label: str, seed: int, model_dir: Path) -> pd.DataFrame:
+    """Evaluate the encoder saved in ``model_dir`` as ``label``/``seed``; write its part and encoder record."""
+    from ..models import DualEncoder
+    from ..search import write_encoder_record
+
+    tag = model_tag(label, seed)
+    encoder = DualEncoder.from_params(params, name_or_path=str(model_dir))
+    # the pools' embeddings stay in the run folder (a third of XQuAD-R: ~13 MB a model), so that
+    # notebook 06 and `hybridlib search` can explore a model whose weights are not kept
+    metrics, per_query = evaluate_encoder(encoder, params, label, seed, cache=run_dir / "embeddings")
+    write_encoder_record(encoder, run_dir / "embeddings" / f"{tag}.json")
+    _save_part(run_dir, tag, metrics, per_query)
+    return metrics
+
+
+def _evaluate_dapt(params: StudyParams, run_dir: Path, label: str, seed: int, dapt) -> pd.DataFrame:
+    """``train_and_evaluate`` of ``dapt``: the DAPT log as the run's log, the DAPT encoder evaluated as it is."""
+    tag = model_tag(label, seed)
+    (run_dir / "train_log").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(dapt.log_path, run_dir / "train_log" / f"{tag}.csv")
+    metrics = _evaluate_saved(params, run_dir, label, seed, dapt.model_dir)
+    if params.keep_models:
+        target = run_dir / "models" / tag
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(dapt.model_dir, target)
+    return metrics
+
+
+def _release_dapt(params: StudyParams, run_dir: Path, seed: int, model_dir: Path) -> None:
+    """Delete the DAPT encoder of ``seed`` once every DAPT strategy of the study has its metrics for it."""
+    parts = run_dir / "metrics" / "parts"
+    if all((parts / f"{model_tag(s, seed)}.csv").is_file() for s in params.dapt_strategies):
+        shutil.rmtree(model_dir, ignore_errors=True)
 
 
 def evaluate_zero_shot(params: StudyParams, run_dir: Path) -> Optional[pd.DataFrame]:

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from ..config import DATASET_LANGUAGES, StudyParams, load_params
-from ..constants import OWN_LANGUAGE, RANK_DISTANCE, RANK_DISTANCE_FRACTION, ZERO_SHOT
+from ..config import DAPT_KEYS, DATASET_LANGUAGES, StudyParams, load_params
+from ..constants import DAPT_FINE_TUNING, OWN_LANGUAGE, RANK_DISTANCE, RANK_DISTANCE_FRACTION, ZERO_SHOT
 from ..data import LaReQA, load_lareqa, paragraph_clusters, sample_paragraphs
 from ..errors import HybridlibError
 
@@ -24,6 +24,9 @@ SIGNIFICANCE_METRICS = ("mAP", RANK_DISTANCE, RANK_DISTANCE_FRACTION, OWN_LANGUA
 TRAINING_KEYS = ("model", "train_dataset", "train_languages", "train_max_ids", "validation_ids", "alpha",
                  "batch_size", "hard_negatives", "learning_rate", "weight_decay", "warmup_ratio", "temperature",
                  "max_steps", "eval_every", "early_stopping_patience", "freeze_embeddings", "precision", "device")
+# The parameters of domain-adaptive pre-training (the strategies dapt and dapt+hybrid).
+DAPT_TRAINING_KEYS = ("model", "train_dataset", "train_languages", "train_max_ids", "validation_ids",
+                      *(f"dapt_{name}" for name in DAPT_KEYS), "precision", "device")
 
 
 class StudyError(HybridlibError):
@@ -72,11 +75,20 @@ def params_table(params: StudyParams, keys: Optional[Sequence[str]] = None) -> p
 
 
 def training_table(params: StudyParams, label: str) -> pd.DataFrame:
-    """The settings of one training run (a strategy or a variant): its batch strategy and ``TRAINING_KEYS``."""
+    """The settings of one training run (a strategy or a variant): its batch strategy and ``TRAINING_KEYS``;
+    for a DAPT strategy, the ``DAPT_TRAINING_KEYS`` first (``dapt``: only those, nothing is fine-tuned)."""
     strategy, run_params = params.for_run(label)
-    table = params_table(run_params, TRAINING_KEYS)
-    head = pd.DataFrame({"value": [label, strategy]}, index=pd.Index(["training run", "batches"], name="parameter"))
-    return pd.concat([head, table])
+    if strategy not in DAPT_FINE_TUNING:
+        tables, batches = [params_table(run_params, TRAINING_KEYS)], strategy
+    else:
+        batches = DAPT_FINE_TUNING[strategy]
+        tables = [params_table(run_params, DAPT_TRAINING_KEYS)]
+        if batches is None:
+            batches = "none: DAPT, then zero-shot evaluation"
+        else:
+            tables.append(params_table(run_params, [k for k in TRAINING_KEYS if k not in DAPT_TRAINING_KEYS]))
+    head = pd.DataFrame({"value": [label, batches]}, index=pd.Index(["training run", "batches"], name="parameter"))
+    return pd.concat([head, *tables])
 
 
 def _show(value) -> str:
