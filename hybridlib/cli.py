@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 
@@ -107,7 +108,8 @@ def _cmd_evaluate(args) -> None:
 def _cmd_run(args) -> None:
     from .pipeline import run_study
 
-    run_study(args.params, force=args.force, runs_dir=args.runs_dir, publish=args.publish)
+    run_study(args.params, force=args.force, runs_dir=args.runs_dir, publish=args.publish,
+              command=args.command_line, started=args.started)
 
 
 def _cmd_search(args) -> None:
@@ -160,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params")
     p.add_argument("--force", action="store_true", help="re-run steps whose outputs exist")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--publish", action="store_true", help="also copy the report's figures to the repository's figures/")
+    p.add_argument("--publish", action="store_true",
+                   help="then write results/<run_name>/: report, tables (CSV, LaTeX), notebooks, figures, run.json")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("search", help="the top k candidates of a LAReQA pool for a text (exact faiss search)")
     p.add_argument("model", help="hub name, model folder, or 'default'")
@@ -175,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``hybridlib`` console script."""
+    started = time.time()  # `hybridlib run --publish` reports the wall time of the whole command
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.started, args.command_line = started, shlex.join(["hybridlib", *map(str, argv)])
     # library modules log progress at INFO (logging.getLogger(__name__)); show theirs, other packages' warnings
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("hybridlib").setLevel(logging.INFO)

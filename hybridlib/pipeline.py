@@ -10,14 +10,21 @@ The study is the five notebooks of ``notebooks/``; this module only runs them wi
   every step.
 - The first failing notebook stops the run; the error names it and the failing cell, and the
   executed copy with the error is kept. Finished steps are kept.
-- ``publish``: ``05_report`` also copies the figures to the repository's ``figures/<run_name>/`` (and
-  always runs). Used for the default study: ``hybridlib run params/default.yaml --publish``.
+- Each executed step is recorded in ``steps.json`` of the run folder (start, end, seconds, commit), so
+  that a later command knows when and at which commit the steps it reuses ran.
+- ``publish``: ``05_report`` always runs, then ``hybridlib.publish.publish_run`` writes the repository's
+  ``results/<run_name>/`` (report, macro tables as CSV and LaTeX, executed notebooks, figures,
+  ``run.json`` with the command, commit, wall time of the whole command and machine):
+  ``hybridlib run params/default.yaml --publish``.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,11 +32,13 @@ import yaml
 
 from .config import ParamsError, StudyParams, dump_params, load_params, params_from_dict
 from .errors import HybridlibError
+from .io import write_json
 from .study import model_tag, training_labels
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"
-PUBLISH_DIR = REPO_DIR / "figures"
+RESULTS_DIR = REPO_DIR / "results"  # published studies: results/<run_name>/ (hybridlib.publish)
+STEPS_FILE = "steps.json"  # in the run folder: when and at which commit each step last ran
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +67,22 @@ class Step:
         return f"{self.notebook}.ipynb"
 
 
-def study_steps(params: StudyParams, publish_dir: Optional[Path] = None) -> list[Step]:
-    """The notebook executions of a study, in order."""
+def study_steps(params: StudyParams, publish: bool = False) -> list[Step]:
+    """The notebook executions of a study, in order (``publish``: the report always runs)."""
     steps = [Step("01_prepare_data", "prepare data and model", outputs=("data/prepared.json",))]
     for label in training_labels(params):  # the trained strategies, then the variants
         for seed in params.seeds:
             tag = model_tag(label, seed)
             steps.append(Step("02_train", f"train {label}, seed {seed}", {"strategy": label, "seed": seed},
                               outputs=(f"train_log/{tag}.csv", f"metrics/parts/{tag}.csv")))
-    report_parameters = {"publish_dir": str(publish_dir)} if publish_dir else {}
     steps += [
         Step("03_evaluate", "evaluate (zero-shot) and collect metrics", outputs=("metrics/metrics.csv",),
              reads=("02_train",)),
         Step("04_language_bias", "language bias (rank distance)",
              outputs=("metrics/rank_distance.csv", "metrics/seen_unseen.csv"),
              reads=("03_evaluate",)),
-        Step("05_report", "report: tables, significance, figures" + (", publish figures" if publish_dir else ""),
-             report_parameters, outputs=("report.md", "metrics/significance.csv"),
-             reads=("03_evaluate", "04_language_bias"), always=publish_dir is not None),
+        Step("05_report", "report: tables, significance, figures", outputs=("report.md", "metrics/significance.csv"),
+             reads=("03_evaluate", "04_language_bias"), always=publish),
     ]
     return steps
 
@@ -140,32 +147,82 @@ def execute_step(step: Step, run_dir: Path, params_path: Path, notebooks_dir: Pa
     return output
 
 
+def _step_history(run_dir: Path) -> dict:
+    path = run_dir / STEPS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:  # a damaged record only loses the history
+        return {}
+
+
+def reused_record(step: Step, run_dir: Path, history: dict) -> dict:
+    """What is known of a step skipped as done: its record in ``steps.json`` (times, commit), else the
+    time its newest output was written."""
+    known = history.get(step.output_name)
+    if known:
+        return {**known, "step": step.output_name, "label": step.label, "status": "reused"}
+    newest = max(_mtimes(run_dir, step.outputs))
+    return {"step": step.output_name, "label": step.label, "status": "reused", "started": None,
+            "finished": _iso(newest), "seconds": None, "commit": None}
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def default_command(params_path, force: bool, runs_dir, only, publish: bool) -> str:
+    """The ``hybridlib run`` command line that ``run_study``'s arguments stand for."""
+    words = ["hybridlib", "run", str(params_path), *(["--force"] if force else []),
+             *([] if str(runs_dir) == "runs" else ["--runs-dir", str(runs_dir)]), *(["--publish"] if publish else [])]
+    return shlex.join(words) + (f"  # only {', '.join(only)}" if only else "")
+
+
 def run_study(params_path, force: bool = False, runs_dir="runs", only: Optional[Sequence[str]] = None,
-              publish: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
+              publish: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR, results_dir: Path = RESULTS_DIR,
+              command: Optional[str] = None, started: Optional[float] = None) -> Path:
     """Validate the parameter file, then execute the study's notebooks into ``<runs_dir>/<run_name>/``.
 
-    ``only``: notebook names to run (others are left alone); ``publish``: copy the figures to
-    the repository's ``figures/<run_name>/``; ``notebooks_dir``: where the notebooks are (tests).
-    Raises ``ParamsError`` before any work, ``StepFailed`` at the first failing notebook.
+    ``only``: notebook names to run (others are left alone); ``publish``: then write
+    ``<results_dir>/<run_name>/`` (``hybridlib.publish.publish_run``); ``notebooks_dir``: where the
+    notebooks are (tests); ``command``: the command line for ``run.json`` (default: rebuilt from the
+    arguments); ``started``: when the command started (epoch seconds; default: now), so that the wall
+    time covers the whole command. Raises ``ParamsError`` before any work, ``StepFailed`` at the first
+    failing notebook.
     """
+    started = time.time() if started is None else started
+    from .publish import git_state
+
     params = load_params(params_path)
     notebooks_dir = Path(notebooks_dir)
-    steps = study_steps(params, PUBLISH_DIR / params.run_name if publish else None)
+    steps = study_steps(params, publish)
     missing = sorted({s.notebook for s in steps if not (notebooks_dir / f"{s.notebook}.ipynb").is_file()})
     if missing:
         raise HybridlibError(f"{notebooks_dir}: missing notebook(s) {', '.join(missing)}")
     run_dir = prepare_run_dir(params, Path(runs_dir), force)
+    git, history, records = git_state(REPO_DIR), _step_history(run_dir), []
     selected = [s for s in steps if not only or s.notebook in only]
-    started = time.perf_counter()
     log.info("study %s: %d steps into %s", params.run_name, len(selected), run_dir)
     for number, step in enumerate(selected, 1):
         head = f"[{number}/{len(selected)}] {step.notebook}: {step.label}"
         if not force and is_done(step, steps, run_dir):
             log.info("%s: done, skipped (--force re-runs it)", head)
+            records.append(reused_record(step, run_dir, history))
             continue
         log.info("%s ...", head)
-        step_started = time.perf_counter()
+        step_started = time.time()
         execute_step(step, run_dir, (run_dir / "params.yaml").resolve(), notebooks_dir)
-        log.info("%s: finished in %.0f s", head, time.perf_counter() - step_started)
-    log.info("study %s finished in %.1f min: %s", params.run_name, (time.perf_counter() - started) / 60, run_dir)
+        seconds = time.time() - step_started
+        log.info("%s: finished in %.0f s", head, seconds)
+        history[step.output_name] = {"step": step.output_name, "label": step.label, "status": "ran",
+                                     "started": _iso(step_started), "finished": _iso(step_started + seconds),
+                                     "seconds": round(seconds, 1), "commit": git["commit"], "dirty": git["dirty"]}
+        write_json(history, run_dir / STEPS_FILE)
+        records.append(history[step.output_name])
+    if publish:
+        from .publish import publish_run, run_record
+
+        command = command or default_command(params_path, force, runs_dir, only, publish)
+        record = run_record(params, command, git, started, records, only)
+        log.info("published to %s", publish_run(run_dir, params, Path(results_dir) / params.run_name, record))
+    log.info("study %s finished in %.1f min: %s", params.run_name, (time.time() - started) / 60, run_dir)
     return run_dir

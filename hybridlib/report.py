@@ -12,13 +12,13 @@ table, the size of a difference beside the paper's (``claims_table``).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .config import DATASET_LANGUAGES
 from .constants import (
     CROSS,
     MONO,
@@ -33,6 +33,7 @@ from .constants import (
 from .io import write_text
 from .paper import PAPER_POOL_SIZES, paper_values
 from .stats import MARGIN_REASON, VERDICTS
+from .stats.languages import PAIR_GROUPS
 
 PAPER_NOTE = ("The paper's models (XLM-R and LaBSE, fine-tuned on millions of machine-translated pairs in "
               "nine languages, batch 100, one A100) differ from ours ({model}, fine-tuned on {training}), so "
@@ -166,12 +167,12 @@ def style_table(table: pd.DataFrame, group_by: Sequence[str] = ("eval_dataset",)
     eligible = ~frame["strategy"].isin(skip_strategies) if "strategy" in frame else pd.Series(True, frame.index)
     styler = frame.style.hide(axis="index")
     for column in numeric:
-        masked = frame[column].where(eligible)
-        styles = _best_in_column(masked, groups)
-        styler = styler.apply(lambda _, s=styles: s, subset=[column])
         values = frame[column].dropna()
-        digits = 0 if len(values) and (values % 1 == 0).all() else \
-            1 if str(column) in POSITION_COLUMNS else 3  # counts (n_seeds) as integers
+        counts = len(values) and (values % 1 == 0).all()  # counts (n_seeds): integers, never "best"
+        if not counts:
+            styles = _best_in_column(frame[column].where(eligible), groups)
+            styler = styler.apply(lambda _, s=styles: s, subset=[column])
+        digits = 0 if counts else 1 if str(column) in POSITION_COLUMNS else 3
         styler = styler.format(f"{{:.{digits}f}}", subset=[column], na_rep="")
     return styler
 
@@ -248,6 +249,26 @@ def seen_unseen_table(split: pd.DataFrame) -> pd.DataFrame:
     return table[["eval_dataset", "strategy", "languages", *metrics]].reset_index(drop=True)
 
 
+def pair_group_table(split: pd.DataFrame) -> pd.DataFrame:
+    """``study.pair_groups`` output (cross-lingual mAP per language pair group) as one row per (dataset,
+    strategy) and one ``mean [low, high]`` column per group, ``seen ↔ seen (20 pairs)``, ...; then ``runs``.
+
+    The number of ordered pairs of a group is in its column's name when it is the same in every
+    dataset of ``split``. An empty ``split`` gives an empty frame.
+    """
+    if split.empty:
+        return pd.DataFrame()
+    groups = [g for g in PAIR_GROUPS if g in set(split["pair_group"])]
+    pairs = split.groupby("pair_group")["n_cells"].agg(lambda n: n.iloc[0] if n.nunique() == 1 else None)
+    names = {g: g if pd.isna(pairs[g]) else f"{g} ({int(pairs[g])} pairs)" for g in groups}
+    cells = [_interval_text(r.mean, r.ci_low, r.ci_high, 3) for r in split.itertuples()]
+    table = split.assign(cell=cells).pivot_table(index=["eval_dataset", "strategy"], columns="pair_group",
+                                                 values="cell", aggfunc="first")[groups].rename(columns=names)
+    table = table.join(split.groupby(["eval_dataset", "strategy"])["n_runs"].max().rename("runs")).reset_index()
+    table.columns.name = None
+    return _in_strategy_order(table.assign(source="")).drop(columns="source")
+
+
 def _runs_text(a, b) -> str:
     return "" if pd.isna(a) or pd.isna(b) else f"{int(a)} / {int(b)}"
 
@@ -317,10 +338,12 @@ def training_description(params) -> str:
 
 def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFrame, intervals: pd.DataFrame,
                  significance: pd.DataFrame, verdicts: pd.DataFrame, figures: Sequence[Path],
-                 model: str, seen_unseen: Optional[pd.DataFrame] = None) -> Path:
+                 model: str, seen_unseen: Optional[pd.DataFrame] = None,
+                 pair_groups: Optional[pd.DataFrame] = None) -> Path:
     """Write ``<run_dir>/report.md``: the tables as markdown and links to the PNG figures.
 
-    ``seen_unseen``: ``seen_unseen_table`` output, shown when given and not empty.
+    ``seen_unseen``: ``seen_unseen_table`` output; ``pair_groups``: ``pair_group_table`` output;
+    each shown when given and not empty.
     """
     run_dir = Path(run_dir)
     note = PAPER_NOTE.format(model=model, training=training_description(params))
@@ -331,7 +354,8 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
         f"# Hybrid batch training, study `{params.run_name}`",
         f"Reproduction of Elmahdy, Lin & Ahmad (arXiv 2408.10536). Model: {model}. Trained on "
         f"{training_description(params)}; evaluated zero-shot on {', '.join(params.eval_datasets)} "
-        f"({languages}, {pools}). Parameters: `params.yaml`; executed notebooks: `notebooks/`.",
+        f"({languages}, {pools}). {_runs_sentence(params)} Parameters: `params.yaml`; executed notebooks: "
+        f"`notebooks/`.",
         "## Our numbers next to the paper's (mAP; rank distance)", f"> {note}",
         markdown_table(comparison, column_digits={"rank distance": 1, "n_seeds": 0}),
         METRIC_NOTES,
@@ -348,11 +372,34 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
         markdown_table(significance_table(significance)) if not significance.empty else "(no pairs to test)",
         *(["## Languages seen and unseen in training (95% bootstrap intervals)",
             markdown_table(seen_unseen)] if seen_unseen is not None and not seen_unseen.empty else []),
+        *_pair_group_section(params, pair_groups),
         *_claims_section(verdicts),
         "## Figures",
         *[f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures if Path(f).suffix == ".png"],
     ]
     return write_text("\n\n".join(parts) + "\n", run_dir / "report.md")
+
+
+def _runs_sentence(params) -> str:
+    runs = len(params.seeds)
+    return (f"Each trained strategy has {runs} training run{'s' if runs > 1 else ''} (seeds "
+            f"{', '.join(map(str, params.seeds))}); the zero-shot encoder is one model.")
+
+
+def _pair_group_section(params, pair_groups: Optional[pd.DataFrame]) -> list[str]:
+    """The report's section of cross-lingual mAP by language pair group, when there is one."""
+    if pair_groups is None or pair_groups.empty:
+        return []
+    from .study import train_languages
+
+    trained = train_languages(params)
+    unseen = sorted({l for d in params.eval_datasets for l in DATASET_LANGUAGES.get(d, ())
+                     if (not params.eval_languages or l in params.eval_languages) and l not in trained})
+    return ["## Cross-lingual mAP by language pair group (95% bootstrap intervals)",
+            f"Ordered pairs query → pool by how many of their two languages the models were fine-tuned on "
+            f"({', '.join(trained)}; unseen: {', '.join(unseen) or 'none'}), each group macro-averaged over its "
+            f"pairs, intervals resampling paragraph clusters and runs as above (`metrics/pair_groups.csv`).",
+            markdown_table(pair_groups)]
 
 
 def _claims_section(verdicts: pd.DataFrame) -> list[str]:
@@ -367,17 +414,3 @@ def _claims_section(verdicts: pd.DataFrame) -> list[str]:
         "not compared.",
         markdown_table(claims_table(verdicts)), verdict_words(),
     ]
-
-
-def publish_figures(run_dir, publish_dir) -> list[Path]:
-    """Copy the run's figures (PNG and PDF) to ``publish_dir`` (the repository's ``figures/``); None: nothing."""
-    if not publish_dir:
-        return []
-    publish_dir = Path(publish_dir)
-    publish_dir.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for figure in sorted(Path(run_dir, "figures").glob("*")):
-        if figure.suffix in (".png", ".pdf"):
-            shutil.copyfile(figure, publish_dir / figure.name)
-            copied.append(publish_dir / figure.name)
-    return copied

@@ -53,3 +53,19 @@ def test_cli_check_warns_when_the_cpu_emulates_the_precision(tmp_path, monkeypat
     assert "95x slower" in warning and "auto would pick fp32" in warning
     params.write_text("precision: auto\ndevice: cpu\n", encoding="utf-8")
     assert main(["check", str(params)]) == 0 and capsys.readouterr().err == ""
+
+
+def test_cli_run_passes_its_command_line_and_start_time(monkeypatch):
+    """run.json's command and wall time are the whole `hybridlib run` command's (issue 17)."""
+    import time
+
+    import hybridlib.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_study", lambda params, **kwargs: calls.append((params, kwargs)))
+    before = time.time()
+    assert main(["run", "params/smoke.yaml", "--publish", "--runs-dir", "my runs"]) == 0
+    (params, kwargs), = calls
+    assert params == "params/smoke.yaml" and kwargs["publish"] is True and kwargs["runs_dir"] == "my runs"
+    assert kwargs["command"] == "hybridlib run params/smoke.yaml --publish --runs-dir 'my runs'"
+    assert before <= kwargs["started"] <= time.time()

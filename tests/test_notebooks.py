@@ -61,7 +61,7 @@ def test_parameters_cell_runs_the_smoke_study(name):
     nb = read(name)
     values = parameters_of(nb)
     expected = {"params_path": "../params/smoke.yaml", "run_dir": "../runs/smoke"}
-    expected.update({"02_train": {"strategy": "hybrid", "seed": 0}, "05_report": {"publish_dir": None},
+    expected.update({"02_train": {"strategy": "hybrid", "seed": 0},
                      "06_explore": {"dataset": "xquad-r", "question_id": "", "question_lang": "de", "query_text": "",
                                     "models": ["zero-shot", "hybrid"], "k": 10}}.get(name, {}))
     assert values == expected
@@ -75,7 +75,7 @@ def test_every_parameter_the_pipeline_passes_is_declared():
     from hybridlib.pipeline import study_steps
 
     for params_file in sorted((ROOT / "params").glob("*.yaml")):
-        for step in study_steps(load_params(params_file), publish_dir=Path("/tmp/figures")):
+        for step in study_steps(load_params(params_file), publish=True):
             passed = {"params_path", "run_dir", *step.parameters}
             declared = set(parameters_of(read(step.notebook)))
             assert passed <= declared, f"{step.notebook}: {passed - declared} not in its parameters cell"

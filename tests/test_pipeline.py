@@ -22,11 +22,12 @@ import yaml
 
 from hybridlib.config import load_params
 from hybridlib.pipeline import Step, StepFailed, is_done, run_study, study_steps
-from hybridlib.stats import CLAIMS, VERDICTS
+from hybridlib.stats import CLAIMS, DAPT_CLAIMS, VERDICTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
-STRATEGIES = ["zero-shot", "x-x-mono", "x-y", "hybrid"]
+STRATEGIES = ["zero-shot", "x-x-mono", "x-y", "hybrid", "dapt", "dapt+hybrid"]
+FINE_TUNED = ["x-x-mono", "x-y", "hybrid", "dapt+hybrid"]  # validated during training (dapt: DAPT only)
 SETTINGS = ["monolingual", "crosslingual", "multilingual"]
 
 
@@ -58,15 +59,16 @@ def smoke_run(tmp_path_factory):
 def test_smoke_study_leaves_a_complete_run_folder(smoke_run):
     run_dir, result = smoke_run
     executed = sorted(p.name for p in (run_dir / "notebooks").glob("*.ipynb"))
-    assert executed == ["01_prepare_data.ipynb", "02_train-hybrid-seed0.ipynb", "02_train-x-x-mono-seed0.ipynb",
+    assert executed == ["01_prepare_data.ipynb", "02_train-dapt+hybrid-seed0.ipynb", "02_train-dapt-seed0.ipynb",
+                        "02_train-hybrid-seed0.ipynb", "02_train-x-x-mono-seed0.ipynb",
                         "02_train-x-y-seed0.ipynb", "03_evaluate.ipynb", "04_language_bias.ipynb",
                         "05_report.ipynb"]
     for name in executed:
         nb = nbformat.read(run_dir / "notebooks" / name, as_version=4)
         assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"], name
     printed = result.stdout + result.stderr  # progress lines are logged (stderr)
-    for step in range(1, 8):
-        assert f"[{step}/7]" in printed
+    for step in range(1, 10):
+        assert f"[{step}/9]" in printed
     assert load_params(run_dir / "params.yaml") == load_params(SMOKE)
 
 
@@ -83,6 +85,10 @@ def test_smoke_metrics_cover_every_strategy_and_setting(smoke_run):
     assert pairs.groupby("setting").size().to_dict() == {"crosslingual": 12, "monolingual": 4, "multilingual": 4}
     distance = pd.read_csv(run_dir / "metrics" / "rank_distance.csv")
     assert set(distance.strategy) == set(STRATEGIES)
+    # one DAPT (seed 0) served dapt and dapt+hybrid, then its encoder was released; its log stays
+    dapt = run_dir / "dapt" / "seed0"
+    assert (dapt / "dapt_done.json").is_file() and not (dapt / "model").exists()
+    assert pd.read_csv(run_dir / "train_log" / "dapt-seed0.csv")["phase"].tolist() == ["head", "full", "full"]
     assert set(distance.query_lang) == {"all", "de", "en", "es", "ru"}
     assert distance.set_index("query_lang").loc["ru", "seen"].eq("no").all()
 
@@ -91,27 +97,40 @@ def test_smoke_metrics_cover_every_strategy_and_setting(smoke_run):
 def test_smoke_report_significance_and_figures(smoke_run):
     run_dir, _ = smoke_run
     significance = pd.read_csv(run_dir / "metrics" / "significance.csv")
-    # pairs of 4 strategies x (3 mAP settings + rank distance, its fraction of the pool, own-language share)
-    assert len(significance) == 6 * 6
+    # pairs of 6 strategies x (3 mAP settings + rank distance, its fraction of the pool, own-language share)
+    assert len(significance) == 15 * 6
     assert significance["p_value"].between(0, 1).all()
     # the unit of replication and the numbers of clusters and runs are named in every row
     assert set(significance["resampling_unit"]) == {"paragraph clusters and training runs"}
     assert significance["n_clusters"].between(1, significance["n_queries"].min()).all()
     assert (significance[["n_runs_a", "n_runs_b"]] == 1).all().all()  # the smoke study has one seed
     claims = pd.read_csv(run_dir / "metrics" / "claims.csv")
-    assert set(claims["claim"]) == {c.name for c in CLAIMS}
+    assert set(claims["claim"]) == {c.name for c in CLAIMS + DAPT_CLAIMS}  # the DAPT questions too
     assert claims["verdict"].isin(list(VERDICTS)).all()
-    assert claims[["paper_xlmr", "paper_labse"]].notna().all().all()  # the paper's effect beside ours
+    paper_claims = claims[claims["claim"].isin({c.name for c in CLAIMS})]
+    assert paper_claims[["paper_xlmr", "paper_labse"]].notna().all().all()  # the paper's effect beside ours
     assert {"n_clusters", "n_runs_a", "n_runs_b", "resampling_unit"} <= set(claims.columns)
     figures = {p.name for p in (run_dir / "figures").iterdir()}
-    for stem in ("map_heatmaps_xquad-r", "settings_xquad-r", "rank_distance_xquad-r", "training_curves"):
+    for stem in ("map_heatmaps_xquad-r", "settings_xquad-r", "rank_distance_xquad-r", "training_curves",
+                 "dapt_curves"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= figures
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "| xquad-r | paper LaBSE | hybrid | 0.817 |" in report
     links = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
-    assert len(links) == 4 and all((run_dir / link).is_file() for link in links)
+    assert len(links) == 5 and all((run_dir / link).is_file() for link in links)
     # disk: without keep_models no weights stay in the run folder (no models/, no training/)
     assert not (run_dir / "models").exists() and not (run_dir / "training").exists()
+
+
+
+@pytest.mark.slow
+def test_smoke_training_lowers_the_validation_loss_of_every_strategy(smoke_run):
+    # 4 steps of the real default encoder (hybrid: 0.62 -> 0.44 in bf16), far beyond rounding
+    run_dir, _ = smoke_run
+    for strategy in FINE_TUNED:
+        val = pd.read_csv(run_dir / "train_log" / f"{strategy}-seed0.val.csv")
+        assert val["step"].tolist() == [0, 4], strategy
+        assert val["val_loss"].iloc[1] < val["val_loss"].iloc[0], (strategy, val["val_loss"].tolist())
 
 
 @pytest.mark.slow
@@ -120,7 +139,7 @@ def test_second_run_skips_every_step(smoke_run):
     before = (run_dir / "metrics" / "metrics.csv").stat().st_mtime_ns
     result = hybridlib("run", SMOKE, "--runs-dir", run_dir.parent)
     assert result.returncode == 0, result.stderr
-    assert (result.stdout + result.stderr).count("done, skipped") == 7
+    assert (result.stdout + result.stderr).count("done, skipped") == 9
     assert (run_dir / "metrics" / "metrics.csv").stat().st_mtime_ns == before
 
 
@@ -164,16 +183,13 @@ def write_stubs(folder: Path, failing: str = "") -> Path:
     """Notebooks with the study's names that only write their outputs (``failing``: raises in its 2nd cell)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, outputs in STUB_OUTPUTS.items():
-        parameters = nbformat.v4.new_code_cell('params_path = ""\nrun_dir = ""\npublish_dir = None')
+        parameters = nbformat.v4.new_code_cell('params_path = ""\nrun_dir = ""')
         parameters.metadata["tags"] = ["parameters"]
         write = nbformat.v4.new_code_cell(
             "from pathlib import Path\n"
             f"for out in {outputs!r}:\n"
             "    (Path(run_dir) / out).parent.mkdir(parents=True, exist_ok=True)\n"
-            "    (Path(run_dir) / out).write_text('done')\n"
-            "if publish_dir:\n"
-            "    Path(publish_dir).mkdir(parents=True, exist_ok=True)\n"
-            f"    Path(publish_dir, '{name}.png').write_text('figure')")
+            "    (Path(run_dir) / out).write_text('done')")
         cells = [parameters, nbformat.v4.new_code_cell("x = 1")]
         if name == failing:
             cells.append(nbformat.v4.new_code_cell("raise ValueError('stub failure')"))
@@ -220,29 +236,33 @@ def test_failure_stops_the_run_keeps_finished_steps_and_resumes(tmp_path, zero_s
     assert all(mtimes(run_dir)[k] > after[k] for k in after)  # --force re-ran every step
 
 
-def test_publish_passes_the_folder_and_always_runs_the_report(tmp_path, zero_shot_params, monkeypatch, caplog):
-    import hybridlib.pipeline as pipeline
+def test_publish_always_runs_the_report_then_publishes_the_run(tmp_path, zero_shot_params, monkeypatch, caplog):
+    import hybridlib.publish as publish
 
-    monkeypatch.setattr(pipeline, "PUBLISH_DIR", tmp_path / "repo_figures")
-    (tmp_path / "repo_figures").mkdir()
+    published = []
+    monkeypatch.setattr(publish, "publish_run", lambda run_dir, params, target, record: published.append(
+        (Path(run_dir), Path(target), record)) or Path(target))
     stubs = write_stubs(tmp_path / "stubs")
     run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs)
-    published = tmp_path / "repo_figures" / "stub"  # one folder per study (its run_name)
-    assert not published.exists()
+    assert not published
     caplog.clear()
     with caplog.at_level("INFO", logger="hybridlib.pipeline"):
-        run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs, publish=True)
+        run_study(zero_shot_params, runs_dir=tmp_path / "runs", notebooks_dir=stubs, publish=True,
+                  results_dir=tmp_path / "results")
     printed = caplog.text
-    assert printed.count("done, skipped") == 3
-    assert "05_report: report: tables, significance, figures, publish" in printed
-    assert (published / "05_report.png").is_file()
+    assert printed.count("done, skipped") == 3  # 01, 03 and 04; the report runs again
+    assert "05_report: report: tables, significance, figures ..." in printed
+    [(run_dir, target, record)] = published
+    assert run_dir == tmp_path / "runs" / "stub" and target == tmp_path / "results" / "stub"  # one per run_name
+    assert [step["status"] for step in record["steps"]] == ["reused", "reused", "reused", "ran"]
 
 
 def test_a_step_is_stale_when_what_it_reads_is_newer(tmp_path):
     steps = study_steps(load_params(SMOKE))
     assert [s.output_name for s in steps] == [
         "01_prepare_data.ipynb", "02_train-x-x-mono-seed0.ipynb", "02_train-x-y-seed0.ipynb",
-        "02_train-hybrid-seed0.ipynb", "03_evaluate.ipynb", "04_language_bias.ipynb", "05_report.ipynb"]
+        "02_train-hybrid-seed0.ipynb", "02_train-dapt-seed0.ipynb", "02_train-dapt+hybrid-seed0.ipynb",
+        "03_evaluate.ipynb", "04_language_bias.ipynb", "05_report.ipynb"]
     for step in steps:
         for out in step.outputs:
             (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)

@@ -211,7 +211,7 @@ def test_markdown_table_formats_numbers():
                                  "| x\\|y | 0.123 | 12.3 |", "| z |  | 5.0 |"]
 
 
-def test_report_and_publish(tables, tmp_path):
+def test_report_has_every_table_and_links_the_figures(tables, tmp_path):
     from hybridlib.stats import VERDICTS, bootstrap_ci, claim_verdicts, paired_tests
 
     per_query, metrics = tables
@@ -236,8 +236,8 @@ def test_report_and_publish(tables, tmp_path):
     assert text.count("\n| paper XLM-R") == 0 and "| xquad-r | paper XLM-R | x-x-mono | 0.792 |" in text
     assert "| clusters | runs | resampled |" in text and "| 4 | 2 / 2 | clusters and training runs |" in text
     assert all(f"- **{word}**: " in text for word in VERDICTS) and "non-inferiority margin is 0.003 mAP" in text
-    published = report.publish_figures(tmp_path, tmp_path / "repo_figures")
-    assert sorted(p.name for p in published) == ["settings.pdf", "settings.png"]
+    assert "Each trained strategy has 1 training run (seeds 0)" in text  # StudyParams(): seeds [0]
+    assert "## Cross-lingual mAP by language pair group" not in text  # no pair_groups given
 
 
 def test_claims_table_shows_ours_beside_the_paper_s_differences():
@@ -430,3 +430,55 @@ def test_rank_distance_figure_shows_the_fraction_of_the_pool():
     fig = plots.rank_distance_distribution(per_query)
     right = fig.axes[0].child_axes  # the secondary y axis
     assert len(right) == 1 and right[0].get_ylabel() == "fraction of the pool (300 candidates)"
+
+
+# ------------------------------------------------------------------ language pair groups (issue 17)
+def pair_frame(langs, value_of) -> pd.DataFrame:
+    """Cross-lingual per-query rows of every ordered pair of ``langs``, two runs, 4 ids in 2 paragraphs;
+    each value is ``value_of(query_lang, pool_lang)`` exactly, so every interval collapses to it."""
+    rows = [("hybrid", seed, "crosslingual", x, y, f"q{q}", "mAP", value_of(x, y))
+            for seed, q, (x, y) in itertools.product((0, 1), range(4), itertools.permutations(langs, 2))]
+    frame = pd.DataFrame(rows, columns=["strategy", "seed", "setting", "query_lang", "pool_lang", "query_id",
+                                        "metric", "value"])
+    return frame.assign(model=MODEL, eval_dataset="mlqa-r")
+
+
+@pytest.mark.parametrize("langs, seen, counts", [
+    (("a", "b", "c", "d"), ["a", "b"], {"seen ↔ seen": 2, "seen ↔ unseen": 8, "unseen ↔ unseen": 2}),
+    # MLQA-R's 7 languages, hi and vi unseen: 5 x 4, 2 x (5 x 2), 2 x 1 ordered pairs
+    (("ar", "de", "en", "es", "hi", "vi", "zh"), ["ar", "de", "en", "es", "zh"],
+     {"seen ↔ seen": 20, "seen ↔ unseen": 20, "unseen ↔ unseen": 2}),
+])
+def test_pair_groups_count_ordered_pairs_and_average_their_own(langs, seen, counts):
+    from hybridlib.stats.languages import PAIR_GROUPS, pair_group_split
+
+    level = {2: 0.9, 1: 0.6, 0: 0.3}  # by the number of seen languages of the pair
+    frame = pair_frame(langs, lambda x, y: level[(x in seen) + (y in seen)])
+    split = pair_group_split(frame, seen, clusters={f"q{q}": f"p{q // 2}" for q in range(4)}, bootstrap_samples=20)
+    assert dict(zip(split["pair_group"], split["n_cells"])) == counts
+    for group, expected in zip(PAIR_GROUPS, (0.9, 0.6, 0.3)):
+        row = split[split["pair_group"] == group].iloc[0]
+        assert row["mean"] == pytest.approx(expected) and (row["ci_low"], row["ci_high"]) == pytest.approx(
+            (expected, expected))  # constant values: every replicate is the mean (rounding only)
+        assert (row["n_runs"], row["n_clusters"]) == (2, 2)
+    table = report.pair_group_table(split)
+    assert table.columns.tolist() == ["eval_dataset", "strategy", *(f"{g} ({counts[g]} pairs)" for g in PAIR_GROUPS),
+                                      "runs"]
+    assert table.iloc[0, 2] == "0.900 [0.900, 0.900]" and table["runs"].tolist() == [2]
+
+
+def test_pair_groups_of_a_study_are_written_and_shown(tmp_path):
+    from hybridlib import study
+    from hybridlib.config import params_from_dict
+
+    params = params_from_dict({"train_languages": ["de", "en"], "bootstrap_samples": 50})
+    split = study.analysis.pair_groups(params, per_query_frame(), tmp_path)  # de, en seen; ru unseen
+    groups = split.drop_duplicates("pair_group")
+    assert dict(zip(groups["pair_group"], groups["n_cells"])) == {"seen ↔ seen": 2, "seen ↔ unseen": 4}
+    # (one unseen language: no unseen ↔ unseen pair)
+    assert split["strategy"].nunique() == 4 and set(split["metric"]) == {"mAP"}
+    loaded = study.analysis.load_pair_groups(tmp_path)
+    assert len(loaded) == len(split) and study.analysis.load_pair_groups(tmp_path / "none").empty
+    table = report.pair_group_table(loaded)
+    assert table.columns.tolist()[2:] == ["seen ↔ seen (2 pairs)", "seen ↔ unseen (4 pairs)", "runs"]
+    assert report.pair_group_table(pd.DataFrame()).empty

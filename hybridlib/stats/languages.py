@@ -2,7 +2,9 @@
 
 Example (issue 7, item 3): training on MLQA-R and evaluating on XQuAD-R leaves el, ru, th and
 tr unseen in fine-tuning; ``unseen_language_split`` gives the macro averages and intervals of
-the seen and the unseen cells separately.
+the seen and the unseen cells separately. ``pair_group_split`` (issue 17) splits the cross-lingual
+pairs finer, by how many of their two languages were seen: with MLQA-R's 7 languages and hi, vi
+unseen, 20 ordered pairs are seen ↔ seen, 20 seen ↔ unseen and 2 (hi → vi, vi → hi) unseen ↔ unseen.
 """
 from __future__ import annotations
 
@@ -46,3 +48,38 @@ def unseen_language_split(per_query: pd.DataFrame, train_languages: Sequence[str
     if isinstance(train_languages, str) or not len(train_languages):
         raise StatsError(f"train_languages must be a non-empty list of language codes, got {train_languages!r}")
     return bootstrap_ci(label_seen_languages(per_query, train_languages), by=["languages"], **bootstrap)
+
+
+# Cross-lingual language pairs by whether their two languages were trained on (issue 17, item 1).
+SEEN_SEEN, SEEN_UNSEEN, UNSEEN_UNSEEN = "seen ↔ seen", "seen ↔ unseen", "unseen ↔ unseen"
+PAIR_GROUPS = (SEEN_SEEN, SEEN_UNSEEN, UNSEEN_UNSEEN)
+
+
+def label_pair_groups(per_query: pd.DataFrame, train_languages: Sequence[str],
+                      column: str = "pair_group") -> pd.DataFrame:
+    """The cross-lingual rows of ``per_query`` with a ``column`` naming their pair group.
+
+    ``seen ↔ seen``: query and pool language both trained on; ``seen ↔ unseen``: one of them
+    (either direction); ``unseen ↔ unseen``: neither. Monolingual and multilingual rows are left out.
+    """
+    check_frame(per_query, ())
+    cross = per_query[per_query["setting"] == CROSS]
+    seen = cross["query_lang"].isin(train_languages).to_numpy().astype(int) + \
+        cross["pool_lang"].isin(train_languages).to_numpy().astype(int)
+    return cross.assign(**{column: np.asarray(PAIR_GROUPS, dtype=object)[2 - seen]})
+
+
+def pair_group_split(per_query: pd.DataFrame, train_languages: Sequence[str], **bootstrap) -> pd.DataFrame:
+    """Cross-lingual macro means with bootstrap intervals per pair group (``label_pair_groups``).
+
+    Each group is macro-averaged over its own ordered language pairs (``n_cells`` counts them) and
+    resampled as in ``bootstrap_ci`` (``**bootstrap``: ``clusters``, ``bootstrap_samples``, ...).
+    Returns ``bootstrap_ci``'s columns plus ``pair_group``;
+    a group without pairs (e.g. every language seen) has no rows.
+    """
+    if isinstance(train_languages, str) or not len(train_languages):
+        raise StatsError(f"train_languages must be a non-empty list of language codes, got {train_languages!r}")
+    labelled = label_pair_groups(per_query, train_languages)
+    if labelled.empty:
+        raise StatsError("no cross-lingual rows: pair groups need the crosslingual setting")
+    return bootstrap_ci(labelled, by=["pair_group"], **bootstrap)

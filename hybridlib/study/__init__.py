@@ -9,8 +9,11 @@ Run folder (``runs/<run_name>/``, see docs/design.md):
 and ``<tag>.val.csv`` (02), ``models/<tag>/`` (02, only with ``keep_models``),
 ``metrics/parts/<tag>.csv`` + ``<tag>.per_query.parquet`` (02 and 03, one per model),
 ``metrics/metrics.csv`` + ``per_query.parquet`` (03), ``metrics/rank_distance.csv`` (04),
-``metrics/intervals.csv``, ``metrics/significance.csv``, ``metrics/claims.csv``, ``report.md`` (05),
-``figures/`` (PNG + PDF); ``training/<tag>/`` only while a model trains (checkpoints to resume).
+``metrics/intervals.csv``, ``metrics/significance.csv``, ``metrics/claims.csv``,
+``metrics/pair_groups.csv``, ``report.md`` (05), ``figures/`` (PNG + PDF); ``training/<tag>/`` only
+while a model trains (checkpoints to resume); ``dapt/seed<k>/`` with a DAPT strategy (its log,
+held-out loss and, until both DAPT strategies have used it, the encoder); ``steps.json``
+(``hybridlib run``: when and at which commit each step ran).
 ``<tag>`` is ``<strategy>-seed<k>`` (a strategy or a variant's name), or ``zero-shot``.
 """
 from .analysis import (
@@ -18,7 +21,9 @@ from .analysis import (
     claims,
     hybrid_alphas,
     intervals,
+    load_pair_groups,
     load_seen_unseen,
+    pair_groups,
     rank_distance_table,
     rank_distance_wide,
     seen_unseen,
@@ -33,9 +38,10 @@ from .evaluation import (
     summary_table,
     train_and_evaluate,
 )
-from .logs import read_train_log, read_train_logs, read_val_log, read_val_logs
+from .logs import read_dapt_logs, read_train_log, read_train_logs, read_val_log, read_val_logs
 from .prepare import describe_model, prepare
 from .run import (
+    DAPT_TRAINING_KEYS,
     MIRACL_LANGUAGES,
     SIGNIFICANCE_METRICS,
     TRAINING_KEYS,
@@ -54,6 +60,7 @@ from .run import (
 )
 
 __all__ = [
+    "DAPT_TRAINING_KEYS", "load_pair_groups", "pair_groups", "read_dapt_logs",
     "MIRACL_LANGUAGES", "SIGNIFICANCE_METRICS", "StudyError", "TRAINING_KEYS", "alpha_sweep_figures", "claims",
     "collect_metrics", "describe_model", "eval_languages", "evaluate_encoder", "evaluate_zero_shot",
     "expected_tags", "hybrid_alphas", "intervals", "lareqa_datasets", "load_eval_data", "load_metrics", "load_run",

@@ -1,4 +1,5 @@
-"""Notebooks 04 and 05: language bias, intervals, paired comparisons, the paper's claims, the alpha sweep.
+"""Notebooks 04 and 05: language bias, intervals, paired comparisons, the paper's claims, the alpha sweep,
+cross-lingual mAP by language pair group (seen / unseen in training).
 """
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import StudyParams
+from ..constants import CROSS
 from ..io import write_table
 from .logs import read_val_logs
 from .run import SIGNIFICANCE_METRICS, StudyError, lareqa_datasets, load_eval_data, question_clusters, train_languages
@@ -58,6 +60,30 @@ def seen_unseen(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> 
 def load_seen_unseen(run_dir: Path) -> pd.DataFrame:
     """``metrics/seen_unseen.csv`` written by ``seen_unseen`` (notebook 04), or an empty frame."""
     path = Path(run_dir) / "metrics" / "seen_unseen.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def pair_groups(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """Cross-lingual mAP by language pair group (``stats.languages.pair_group_split``: seen ↔ seen,
+    seen ↔ unseen, unseen ↔ unseen in training), with 95% intervals over paragraph clusters and runs;
+    writes ``metrics/pair_groups.csv`` (empty without cross-lingual rows; ``report.pair_group_table``
+    shows it)."""
+    from ..stats import CI_COLUMNS
+    from ..stats.languages import pair_group_split
+
+    rows = per_query[(per_query["metric"] == "mAP") & (per_query["setting"] == CROSS)]
+    if rows.empty:
+        table = pd.DataFrame(columns=[*CI_COLUMNS[:5], "pair_group", *CI_COLUMNS[5:]])
+    else:
+        table = pair_group_split(rows, train_languages(params), clusters=question_clusters(params, rows),
+                                 bootstrap_samples=params.bootstrap_samples)
+    write_table(table, run_dir / "metrics" / "pair_groups.csv")
+    return table
+
+
+def load_pair_groups(run_dir: Path) -> pd.DataFrame:
+    """``metrics/pair_groups.csv`` written by ``pair_groups`` (notebook 05), or an empty frame."""
+    path = Path(run_dir) / "metrics" / "pair_groups.csv"
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
