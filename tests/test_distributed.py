@@ -103,7 +103,25 @@ def _gather_results(rank: int) -> list:
     return results
 
 
-def _worker(rank: int, loaded: DualEncoder, store: str, out_dir: str) -> None:
+def _train(rank: int, loaded: DualEncoder, model_dir: str, out_dir: str) -> dict:
+    """``train`` to the end under the process group; the steps and best score this rank saw."""
+    from hybridlib.config import params_from_dict
+    from hybridlib.models import encoder as encoder_module
+    from hybridlib.train import train
+
+    # the tokenizer came pickled with ``loaded`` (from this folder): parsing its 17 MB file again
+    # in every rank would cost seconds
+    encoder_module._TOKENIZERS[encoder_module._tokenizer_key(model_dir)] = loaded.tokenizer
+    params = params_from_dict(dict(
+        model=model_dir, train_dataset="mlqa-r", train_languages=["en", "de"], train_max_ids=40,
+        validation_ids=8, batch_size=4, max_length=16, learning_rate=1e-3, max_steps=4, eval_every=2,
+        device="cpu", precision="fp32"))
+    result = train(params, "hybrid", 0, out_dir, progress=False)
+    return {"steps": result.steps, "best": result.best_val_score}
+
+
+def _worker(rank: int, loaded: DualEncoder, model_dir: str, store: str, out_dir: str) -> None:
+    """Everything the tests need from two processes, in one spawn (starting them costs seconds)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE,
                             timeout=datetime.timedelta(seconds=120))
@@ -116,17 +134,22 @@ def _worker(rank: int, loaded: DualEncoder, store: str, out_dir: str) -> None:
             results[case] = _step(encoder, case, rank, WORLD_SIZE)
             if ddp:  # DDP names parameters "module.<name>"
                 results[case]["grads"] = {k.removeprefix("module."): v for k, v in results[case]["grads"].items()}
+        results["train"] = _train(rank, loaded, model_dir, f"{out_dir}/run")
         torch.save(results, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # no rank tears the group down while the other still receives (gloo aborts)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def distributed_results(_tiny_encoder_template, tmp_path_factory):
+def distributed_results(_tiny_encoder_template, tiny_model_dir, tmp_path_factory):
+    """The per-rank results of ``_worker`` and the folder it trained in."""
     out = tmp_path_factory.mktemp("distributed")
     # the loaded encoder is pickled to the workers: faster than loading its tokenizer twice more
-    mp.spawn(_worker, args=(_tiny_encoder_template, str(out / "store"), str(out)), nprocs=WORLD_SIZE, join=True)
-    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+    mp.spawn(_worker, args=(_tiny_encoder_template, str(tiny_model_dir), str(out / "store"), str(out)),
+             nprocs=WORLD_SIZE, join=True)
+    results = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+    return results, out / "run"
 
 
 def test_the_ranks_gather_tensors_of_unequal_sizes(distributed_results):
@@ -136,7 +159,7 @@ def test_the_ranks_gather_tensors_of_unequal_sizes(distributed_results):
         expected = torch.cat([_shard(rows, rank) for rank, rows in enumerate(sizes)])
         start = 0
         for rank, rows in enumerate(sizes):
-            result = distributed_results[rank]["gather"][case]
+            result = distributed_results[0][rank]["gather"][case]
             assert torch.equal(result["gathered"], expected)
             summed = sum(_upstream(sum(sizes), r) for r in range(len(sizes)))[start:start + rows]
             assert torch.equal(result["grad"], summed)  # small integers: exact in float32
@@ -149,7 +172,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one(case, distributed_resu
     terms = GradientTerms(encoder.model)
     reference = _step(encoder, case)
     terms.remove()
-    ranks = [result[case] for result in distributed_results]
+    ranks = [result[case] for result in distributed_results[0]]
     # the ranks held different halves of the same global batch
     assert ranks[0]["query_rows"] + ranks[1]["query_rows"] == reference["query_rows"]
     assert ranks[0]["query_rows"] != ranks[1]["query_rows"]
@@ -163,31 +186,11 @@ def test_two_processes_give_the_loss_and_gradients_of_one(case, distributed_resu
             assert_within(result["grads"][name], grad, gradient_bound(terms, name), name)
 
 
-def _train_worker(rank: int, model_dir: str, store: str, out_dir: str) -> None:
-    from hybridlib.config import params_from_dict
-    from hybridlib.train import train
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE,
-                            timeout=datetime.timedelta(seconds=120))
-    try:
-        params = params_from_dict(dict(
-            model=model_dir, train_dataset="mlqa-r", train_languages=["en", "de"], train_max_ids=40,
-            validation_ids=8, batch_size=4, max_length=16, learning_rate=1e-3, max_steps=4, eval_every=2,
-            device="cpu", precision="fp32"))
-        result = train(params, "hybrid", 0, out_dir, progress=False)
-        torch.save({"steps": result.steps, "best": result.best_val_score}, f"{out_dir}/result{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_ranks_train_to_the_end_and_rank_zero_writes_the_outputs(tiny_model_dir, tmp_path):
+def test_two_ranks_train_to_the_end_and_rank_zero_writes_the_outputs(distributed_results):
     """train() under a process group: both ranks finish (each reads best.pt before rank 0 deletes
     the checkpoints), rank 0 writes the model, the logs and train_done.json."""
-    out = tmp_path / "run"
-    mp.spawn(_train_worker, args=(str(tiny_model_dir), str(tmp_path / "store"), str(out)), nprocs=WORLD_SIZE,
-             join=True)
-    results = [torch.load(out / f"result{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+    ranks, out = distributed_results
+    results = [result["train"] for result in ranks]
     assert results[0] == results[1] and results[0]["steps"] == 4  # the ranks agree on the validation score
     assert (out / "model" / "config.json").is_file() and (out / "train_done.json").is_file()
     assert len(pd.read_csv(out / "train_log.csv")) == 4

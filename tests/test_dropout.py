@@ -154,3 +154,20 @@ def test_training_with_dropout_replays_under_the_same_seed():
     assert torch.equal(model(input_ids=ids).last_hidden_state, first)
     torch.manual_seed(9)
     assert not torch.equal(model(input_ids=ids).last_hidden_state, first)
+
+
+def test_a_model_unpickled_in_a_fresh_process_still_finds_its_attention(tmp_path):
+    # torch.multiprocessing's spawn unpickles the encoder in a new interpreter, whose transformers
+    # registry lacks the attention function until use_fast_dropout registers it again
+    import pickle
+    import subprocess
+    import sys
+
+    model = use_fast_dropout(tiny_bert())
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    script = ("import pickle, sys, torch; from hybridlib.models.dropout import use_fast_dropout; "
+              "model = use_fast_dropout(pickle.loads(open(sys.argv[1], 'rb').read())).train(); "
+              "print(model(input_ids=torch.ones(1, 4, dtype=torch.long)).last_hidden_state.shape)")
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    assert "torch.Size([1, 4, 16])" in out.stdout

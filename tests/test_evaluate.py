@@ -280,9 +280,10 @@ class _OnGrid:
 
 
 @pytest.mark.slow
-def test_default_encoder_end_to_end(default_encoder, tmp_path):
-    data = load_lareqa("xquad-r", max_ids=30)
-    encoder = _OnGrid(default_encoder)
+def test_default_encoder_end_to_end(default_encoder_memo, tmp_path):
+    # the texts of tests/test_search.py's ranking test (11 languages, 132 questions): encoded once
+    data = load_lareqa("xquad-r", max_ids=12)
+    encoder = _OnGrid(default_encoder_memo)
     metrics, per_query = evaluate_lareqa(encoder, data, model="e5", strategy="zero-shot", seed=0,
                                          per_query=True, cache=tmp_path, progress=False)
     # the same embeddings, from the cache (their alignment with the texts is tested with HashEncoder)

@@ -251,6 +251,9 @@ def _masked_loss_worker(rank: int, store: str, out_dir: str) -> None:
         loss = batch_loss(q, p, n, temperature=0.05, symmetric=True, false_negatives=mask)
         loss.backward()
         torch.save({"loss": loss.item(), "grads": [x.grad for x in (q, p, n)]}, f"{out_dir}/rank{rank}.pt")
+        # a rank that tears the group down while the other still receives the last message of the
+        # backward's collective aborts it ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -43,16 +43,17 @@ def fp32_dot_tolerance(dim: int) -> float:
 
 # ----------------------------------------------------------------------------- the study's ranking
 @pytest.mark.slow
-def test_flat_top_k_is_the_studys_ranking(default_encoder, tmp_path):
+def test_flat_top_k_is_the_studys_ranking(default_encoder_memo, tmp_path):
+    encoder = default_encoder_memo  # its embeddings of these texts are shared with tests/test_evaluate.py
     data = load_lareqa("xquad-r", max_ids=12)  # 11 languages, 132 questions, ~100 candidates
-    queries = encode_texts(default_encoder, data.questions["text"].tolist(), "query", cache=tmp_path, progress=False)
-    candidates = encode_texts(default_encoder, candidate_texts(data), "passage", cache=tmp_path, progress=False)
+    queries = encode_texts(encoder, data.questions["text"].tolist(), "query", cache=tmp_path, progress=False)
+    candidates = encode_texts(encoder, candidate_texts(data), "passage", cache=tmp_path, progress=False)
     exact = queries.astype(np.float64) @ candidates.astype(np.float64).T  # the cosines, without rounding
     study = queries @ candidates.T  # the evaluation's fp32 scores
     tol = fp32_dot_tolerance(queries.shape[1])
 
-    index = S.build_index(default_encoder, data, cache=tmp_path, progress=False)
-    table = S.search(default_encoder, index, data.questions, K, cache=tmp_path)
+    index = S.build_index(encoder, data, cache=tmp_path, progress=False)
+    table = S.search(encoder, index, data.questions, K, cache=tmp_path)
     assert len(table) == len(data.questions) * K
     hits = table["candidate_row"].to_numpy().reshape(-1, K)
     scores = table["score"].to_numpy().reshape(-1, K)

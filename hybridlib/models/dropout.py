@@ -94,13 +94,14 @@ def _register_attention() -> None:
 
 def use_fast_dropout(model: nn.Module) -> nn.Module:
     """Give a transformers model ``FastDropout`` modules and, where it uses torch's sdpa attention,
-    the ``attention`` function above. Weights and outputs in eval mode are unchanged. Returns ``model``."""
+    the ``attention`` function above. Weights and outputs in eval mode are unchanged; calling it
+    again is harmless (and needed in a process that unpickled such a model). Returns ``model``."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
                 setattr(parent, name, FastDropout(child.p, child.inplace))
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
-        _register_attention()
+    if config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", ATTENTION):
+        _register_attention()  # again in a process that unpickled the model (the registry is per process)
         model.set_attn_implementation(ATTENTION)
     return model

@@ -194,6 +194,11 @@ class DualEncoder:
         self.tokenizer = load_tokenizer(path, str(name_or_path))
         self.model = use_fast_dropout(_load_model(path, str(name_or_path))).to(self.device).eval()
 
+    def __setstate__(self, state: dict) -> None:
+        # unpickled in another process (torch.multiprocessing spawn): register its attention function there
+        self.__dict__.update(state)
+        use_fast_dropout(self.model)
+
     @classmethod
     def from_params(cls, params, name_or_path: Optional[str] = None) -> "DualEncoder":
         """The encoder a study's ``StudyParams`` describe; ``name_or_path`` overrides ``params.model``."""

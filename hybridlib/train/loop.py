@@ -233,8 +233,10 @@ class _Run:
         early stopping)."""
         if self.val_batches is None:
             return False
+        # before the first step every run of a study validates the same starting weights: their
+        # embeddings come from the cache (keyed by the weights) after the first run
         values = validation_metrics(self.encoder, self.val_table, self.val_batches, self.params.temperature,
-                                    self.params.symmetric_loss)
+                                    self.params.symmetric_loss, cache=step == 0)
         self.state.val_log.append({"step": step, **values})
         if self.state.best_score is None or values[VALIDATION_SCORE] > self.state.best_score:
             self.state.best_score, self.state.best_step = values[VALIDATION_SCORE], step

@@ -128,16 +128,18 @@ def validation_losses(queries: torch.Tensor, positives: torch.Tensor, negatives:
     return losses
 
 
-def validation_metrics(encoder, table: pd.DataFrame, batches: dict, temperature: float, symmetric: bool) -> dict:
+def validation_metrics(encoder, table: pd.DataFrame, batches: dict, temperature: float, symmetric: bool,
+                       cache: bool = False) -> dict:
     """One validation of ``encoder`` on the held-out ``table``: ``{val_score, ..., val_loss, val_loss_<kind>...}``.
 
-    Each distinct held-out text is embedded once (``encode_texts``); the losses of the fixed
-    ``batches`` (``split.validation_batches``) and the held-out retrieval both use these embeddings.
+    Each distinct held-out text is embedded once (``encode_texts``; ``cache``: through its on-disk
+    cache, keyed by the weights); the losses of the fixed ``batches`` (``split.validation_batches``)
+    and the held-out retrieval both use these embeddings.
     """
     negatives = table["negatives"].tolist()
     passage_texts = table["positive"].tolist() + [t for negs in negatives for t in negs]
-    queries = encode_texts(encoder, table["query"].tolist(), "query", cache=False, progress=False)
-    passages = encode_texts(encoder, passage_texts, "passage", cache=False, progress=False)
+    queries = encode_texts(encoder, table["query"].tolist(), "query", cache=cache, progress=False)
+    passages = encode_texts(encoder, passage_texts, "passage", cache=cache, progress=False)
     positives = passages[:len(table)]
     ends = np.cumsum([len(negs) for negs in negatives])
     negative_rows = [list(range(end - len(negs), end)) for negs, end in zip(negatives, ends)]
