@@ -57,10 +57,14 @@ def seen_unseen(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> 
     return table
 
 
+def _read_metrics_table(run_dir: Path, name: str) -> pd.DataFrame:
+    path = Path(run_dir) / "metrics" / name
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
 def load_seen_unseen(run_dir: Path) -> pd.DataFrame:
     """``metrics/seen_unseen.csv`` written by ``seen_unseen`` (notebook 04), or an empty frame."""
-    path = Path(run_dir) / "metrics" / "seen_unseen.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    return _read_metrics_table(run_dir, "seen_unseen.csv")
 
 
 def pair_groups(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
@@ -83,8 +87,7 @@ def pair_groups(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> 
 
 def load_pair_groups(run_dir: Path) -> pd.DataFrame:
     """``metrics/pair_groups.csv`` written by ``pair_groups`` (notebook 05), or an empty frame."""
-    path = Path(run_dir) / "metrics" / "pair_groups.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    return _read_metrics_table(run_dir, "pair_groups.csv")
 
 
 def intervals(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
