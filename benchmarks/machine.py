@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from hybridlib.models import cpu_has_fast_bf16, cpu_name
+from hybridlib.models import cpu_class, cpu_name
 
 PEAK_SIZE = 1536  # square matrices: 2 * n^3 FLOPs, large enough for BLAS to reach its peak
 
@@ -30,8 +30,7 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = PEAK_SIZE, seconds: float
 
 def describe_machine() -> dict:
     """CPU name and class, cores, torch threads and the fp32 / bf16 matrix-product peaks (GFLOP/s)."""
-    return {"cpu": cpu_name(), "class": "native bf16 (AVX-512 BF16 / AMX)" if cpu_has_fast_bf16() else
-            "no native bf16 (AVX2: bf16 emulated)", "cores": len(os.sched_getaffinity(0)),
+    return {"cpu": cpu_name(), "class": cpu_class(), "cores": len(os.sched_getaffinity(0)),
             "torch threads": torch.get_num_threads(), "fp32 peak GFLOP/s": round(matmul_peak_gflops(torch.float32)),
             "bf16 peak GFLOP/s": round(matmul_peak_gflops(torch.bfloat16))}
 

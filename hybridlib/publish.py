@@ -39,9 +39,7 @@ log = logging.getLogger(__name__)
 SIZE_BUDGET = 5 * 2 ** 20  # bytes per published study (issue 17: "aim <= 5 MB")
 # Tidy CSVs of the run folder's metrics/ copied as they are (names are the run folder's).
 MACRO_TABLES = ("intervals.csv", "significance.csv", "claims.csv", "seen_unseen.csv", "pair_groups.csv",
-                "rank_distance.csv")
-# The two CPU classes of the study's machines (``models.cpu_has_fast_bf16``).
-CPU_CLASSES = {True: "native bf16 (AVX-512 BF16 / AMX)", False: "bf16 emulated (no AVX-512 BF16 / AMX)"}
+                "language_gains.csv", "rank_distance.csv")
 # Symbols of the report's tables that pdflatex does not know in text mode.
 _LATEX_SYMBOLS = {"−": "$-$", "↔": r"$\leftrightarrow$", "→": r"$\to$", "×": r"$\times$", "≤": r"$\leq$",
                   "≥": r"$\geq$", "α": r"$\alpha$"}
@@ -68,17 +66,17 @@ def git_state(repo_dir: Path) -> dict:
 
 
 def machine(params: StudyParams) -> dict:
-    """The machine a study ran on: CPU name and class (native bf16 or emulated, ``models.cpu_has_fast_bf16``),
+    """The machine a study ran on: CPU name and class (``models.cpu_class``),
     cores, torch version and threads, and the device and precision ``auto`` resolves to here
     (``models.resolve_device`` / ``resolve_precision``: what every notebook of the run used)."""
     import torch
 
-    from .models import cpu_has_fast_bf16, cpu_name, resolve_device, resolve_precision
+    from .models import cpu_class, cpu_name, resolve_device, resolve_precision
 
     device = resolve_device(params.device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu_name(),
-            "cpu_class": CPU_CLASSES[cpu_has_fast_bf16()],
+            "cpu_class": cpu_class(),
             "cores": cores, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "device": str(device), "precision": resolve_precision(params.precision, device),
             "precision_parameter": params.precision, "python": platform.python_version(),
@@ -130,7 +128,7 @@ def display_tables(run_dir: Path, metrics: pd.DataFrame) -> dict[str, pd.DataFra
     """The report's tables by name, rebuilt from the run folder's CSVs (those it has) and ``metrics``
     (``metrics/metrics.csv``)."""
     from . import report
-    from .study.analysis import load_pair_groups, load_seen_unseen
+    from .study.analysis import load_language_gains, load_pair_groups, load_seen_unseen
 
     builders = {"intervals": report.interval_table, "significance": report.significance_table,
                 "claims": report.claims_table}
@@ -141,6 +139,7 @@ def display_tables(run_dir: Path, metrics: pd.DataFrame) -> dict[str, pd.DataFra
         tables[name] = build(frame) if not frame.empty else frame
     tables["seen_unseen"] = report.seen_unseen_table(load_seen_unseen(run_dir))
     tables["pair_groups"] = report.pair_group_table(load_pair_groups(run_dir))
+    tables["language_gains"] = report.language_gain_table(load_language_gains(run_dir))
     return {name: table for name, table in tables.items() if not table.empty}
 
 

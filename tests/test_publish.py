@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 from hybridlib import plots, publish, report  # noqa: E402
 from hybridlib.config import StudyParams, load_params, params_from_dict  # noqa: E402
 from hybridlib.io import write_table  # noqa: E402
+from hybridlib.models import CPU_CLASSES  # noqa: E402
 from hybridlib.stats import bootstrap_ci, claim_verdicts, paired_tests, unseen_language_split  # noqa: E402
 from hybridlib.stats.languages import pair_group_split  # noqa: E402
 
@@ -154,7 +155,7 @@ def test_run_json_records_command_commit_times_and_machine(published):
     assert abs((finished - started).total_seconds() - record["wall_time_s"]) <= 1.0
     assert record["resumed"] is True and [s["status"] for s in record["steps"]] == ["reused", "ran"]
     box = record["machine"]
-    assert box["cpu_class"] in publish.CPU_CLASSES.values() and box["cores"] >= 1
+    assert box["cpu_class"] in CPU_CLASSES.values() and box["cores"] >= 1
     assert box["torch"] == torch.__version__ and box["precision"] in ("fp32", "bf16", "fp16")
     assert box["device"] == "cpu" or box["device"].startswith(("cuda", "mps"))
     assert record["runs_per_strategy"] == 2 and record["evaluation"]["eval_max_ids"] is None

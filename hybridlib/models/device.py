@@ -47,6 +47,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
+# The two classes of CPU the study meets: with native bf16 matrix products, or with bf16 emulated.
+CPU_CLASSES = {True: "native bf16 (AVX-512 BF16 / AMX)", False: "bf16 emulated (no AVX-512 BF16 / AMX)"}
+
+
 def _cpu_capabilities() -> dict:
     return torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
 
@@ -58,6 +62,11 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
+
+
+def cpu_class() -> str:
+    """The CPU's class in the study's two words: native bf16 or bf16 emulated (``cpu_has_fast_bf16``)."""
+    return CPU_CLASSES[cpu_has_fast_bf16()]
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -1,5 +1,5 @@
 """Notebooks 04 and 05: language bias, intervals, paired comparisons, the paper's claims, the alpha sweep,
-cross-lingual mAP by language pair group (seen / unseen in training).
+cross-lingual mAP by language pair group (seen / unseen in training), each strategy's gain per query language.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import StudyParams
-from ..constants import CROSS
+from ..constants import CROSS, DAPT_FINE_TUNING, ZERO_SHOT, ordered_strategies
 from ..io import write_table
 from .logs import read_val_logs
 from .run import SIGNIFICANCE_METRICS, StudyError, lareqa_datasets, load_eval_data, question_clusters, train_languages
@@ -88,6 +88,42 @@ def pair_groups(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> 
 def load_pair_groups(run_dir: Path) -> pd.DataFrame:
     """``metrics/pair_groups.csv`` written by ``pair_groups`` (notebook 05), or an empty frame."""
     return _read_metrics_table(run_dir, "pair_groups.csv")
+
+
+def gain_pairs(strategies) -> list[tuple[str, str]]:
+    """The comparisons of the per-language table (``language_gains``): every strategy against the
+    zero-shot encoder, and each DAPT strategy that fine-tunes against the same fine-tuning without
+    DAPT (``dapt+hybrid − hybrid``); only pairs whose two strategies are in ``strategies``."""
+    present = ordered_strategies(strategies)
+    pairs = [(s, ZERO_SHOT) for s in present if s != ZERO_SHOT and ZERO_SHOT in present]
+    return pairs + [(d, base) for d, base in DAPT_FINE_TUNING.items() if base and d in present and base in present]
+
+
+def language_gains(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """Per query language, the mAP difference of each ``gain_pairs`` comparison in each setting, with its
+    95% interval over paragraph clusters and runs (``stats.paired_tests`` grouped by ``query_lang``: the
+    cross-lingual difference macro-averages the language's pools); ``seen`` says whether the language
+    was trained on. Where do the languages with little pre-training text, or none in fine-tuning, gain
+    or lose? The p-values are per cell and not adjusted: a map to read, not a family of claims.
+    Writes ``metrics/language_gains.csv`` (empty when no pair is present)."""
+    from ..stats import TEST_COLUMNS, paired_tests
+
+    rows = per_query[per_query["metric"] == "mAP"]
+    pairs = gain_pairs(rows["strategy"].unique())
+    if pairs:
+        table = paired_tests(rows, pairs, clusters=question_clusters(params, rows),
+                             bootstrap_samples=params.bootstrap_samples, by=["query_lang"])
+        trained = set(train_languages(params))
+        table.insert(5, "seen", ["yes" if lang in trained else "no" for lang in table["query_lang"]])
+    else:
+        table = pd.DataFrame(columns=[*TEST_COLUMNS[:4], "query_lang", "seen", *TEST_COLUMNS[4:]])
+    write_table(table, run_dir / "metrics" / "language_gains.csv")
+    return table
+
+
+def load_language_gains(run_dir: Path) -> pd.DataFrame:
+    """``metrics/language_gains.csv`` written by ``language_gains`` (notebook 04), or an empty frame."""
+    return _read_metrics_table(run_dir, "language_gains.csv")
 
 
 def intervals(params: StudyParams, per_query: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
