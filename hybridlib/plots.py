@@ -9,6 +9,7 @@
 - ``training_curves``: training loss (smoothed), validation loss and held-out R@10 against the step;
 - ``alpha_sweep``: final mono / cross / multilingual mAP and rank distance against hybrid's alpha;
 - ``alpha_convergence``: validation loss and held-out R@10 against the step, one colour per alpha;
+- ``dapt_curves``: DAPT's masked-LM loss per step with its head-only phase marked, and the held-out loss;
 - ``language_gains``: each comparison's mAP difference per query language and setting, 95% intervals.
 
 Strategies always appear in ``constants.STRATEGIES`` with the colours of ``STRATEGY_COLORS``; titles
@@ -279,8 +280,7 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.plot(run["step"], run["loss"], color=colour, alpha=0.2, linewidth=0.8)
         ax.plot(run["step"], smooth(run["loss"], span), color=colour, linewidth=1.8,
                 label=strategy if seed == _first_seed(train_log, strategy) else None)
-    # the strategy dapt's log is DAPT's masked-LM loss (study.read_dapt_logs), not a fine-tuning's InfoNCE
-    ax.set_ylabel("masked-LM loss (batch)" if set(train_log["strategy"]) == {DAPT} else "InfoNCE loss (batch)")
+    ax.set_ylabel("InfoNCE loss (batch)")  # DAPT's masked-LM loss has its own figure, dapt_curves
     ax.set_title(f"training loss (EMA over {span} steps; faint: raw)" if span > 1 else "training loss")
     ax.legend(title="batches", fontsize=8)
     for ax, (column, label) in zip(axes[0, 1:], val_panels):
@@ -293,6 +293,44 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def dapt_curves(log: pd.DataFrame, evals: Optional[pd.DataFrame] = None, title: str = "") -> Figure:
+    """DAPT's masked-LM loss per step (one line per seed, EMA and raw) with the end of the head-only phase
+    marked, and the held-out masked-LM loss at the start, after the head phase and at the end.
+
+    ``log``: ``study.read_dapt_logs`` (columns ``seed, step, phase, loss``); ``evals``:
+    ``study.read_dapt_evals`` (``seed, step, phase, eval_loss``), optional.
+    """
+    _check_columns(log, ["seed", "step", "phase", "loss"], "DAPT log")
+    has_evals = evals is not None and not evals.empty
+    fig, axes = plt.subplots(1, 1 + has_evals, figsize=(5.5 + 4 * has_evals, 3.8), squeeze=False, layout="constrained")
+    ax, colour = axes[0, 0], STRATEGY_COLORS[DAPT]
+    span = max(1, int(log["step"].max()) // 20)
+    for _, run in log.sort_values("step").groupby("seed"):
+        ax.plot(run["step"], run["loss"], color=colour, alpha=0.2, linewidth=0.8)
+        ax.plot(run["step"], smooth(run["loss"], span), color=colour, linewidth=1.5)
+    head = log.loc[log["phase"] == "head", "step"]
+    if not head.empty:
+        ax.axvline(head.max() + 0.5, color="black", linestyle="--", linewidth=0.8)
+        ax.text(head.max() + 0.5, 0.98, " full steps →", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.text(head.max() + 0.5, 0.98, "← head only ", transform=ax.get_xaxis_transform(), va="top", ha="right",
+                fontsize=8)
+    ax.set_ylabel("masked-LM loss (batch)")
+    ax.set_title(f"DAPT training loss, {log['seed'].nunique()} seeds (EMA over {span} steps; faint: raw)", fontsize=10)
+    if has_evals:
+        _check_columns(evals, ["seed", "step", "eval_loss"], "DAPT held-out log")
+        for _, run in evals.sort_values("step").groupby("seed"):
+            axes[0, 1].plot(run["step"], run["eval_loss"], marker="o", color=colour, alpha=0.8)
+        axes[0, 1].set_ylabel("held-out masked-LM loss")
+        axes[0, 1].set_title("held-out paragraphs: start, after the head phase, end", fontsize=10)
+    for axis in axes.ravel():
+        axis.set_xlabel("DAPT step")
+        axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return fig

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hybridlib import study
+from hybridlib import plots, study
 from hybridlib.config import params_from_dict
 from hybridlib.dapt import UnsupportedArchitectureError, dapt_folder, study_paragraphs
 from hybridlib.data import load_lareqa
@@ -155,6 +155,11 @@ def test_one_dapt_per_seed_shared_by_dapt_and_dapt_hybrid(tiny_model_dir, tmp_pa
     logs = read_dapt_logs(params, tmp_path)
     assert sorted(set(zip(logs["strategy"], logs["seed"]))) == [("dapt", 0), ("dapt", 1)]
     assert set(study.read_train_logs(params, tmp_path)["strategy"]) == {"dapt+hybrid"}  # InfoNCE logs only
+    evals = study.read_dapt_evals(params, tmp_path)  # held-out loss: before, after the 1 head step, at the end
+    assert evals.groupby("seed")["step"].apply(list).to_dict() == {0: [0, 1, 3], 1: [0, 1, 3]}
+    figure = plots.dapt_curves(logs, evals)
+    boundary = [line for line in figure.axes[0].lines if line.get_linestyle() == "--"]
+    assert len(figure.axes) == 2 and boundary[0].get_xdata()[0] == 1.5  # after step 1, the last head step
     _, _, missing = study.collect_metrics(params, tmp_path)
     assert missing == ["zero-shot", "dapt-seed1"]
 

@@ -112,12 +112,15 @@ def test_smoke_report_significance_and_figures(smoke_run):
     assert {"n_clusters", "n_runs_a", "n_runs_b", "resampling_unit"} <= set(claims.columns)
     figures = {p.name for p in (run_dir / "figures").iterdir()}
     for stem in ("map_heatmaps_xquad-r", "settings_xquad-r", "rank_distance_xquad-r", "training_curves",
-                 "dapt_curves"):
+                 "dapt_curves", "language_gains_xquad-r"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= figures
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "| xquad-r | paper LaBSE | hybrid | 0.817 |" in report
     links = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
-    assert len(links) == 5 and all((run_dir / link).is_file() for link in links)
+    assert len(links) == 6 and all((run_dir / link).is_file() for link in links)
+    gains = pd.read_csv(run_dir / "metrics" / "language_gains.csv")  # per query language, against zero-shot
+    assert ("dapt+hybrid", "hybrid") in set(zip(gains["strategy_a"], gains["strategy_b"]))
+    assert "## Gains per query language" in report
     # disk: without keep_models no weights stay in the run folder (no models/, no training/)
     assert not (run_dir / "models").exists() and not (run_dir / "training").exists()
 

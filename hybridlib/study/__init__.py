@@ -41,7 +41,7 @@ from .evaluation import (
     summary_table,
     train_and_evaluate,
 )
-from .logs import read_dapt_logs, read_train_log, read_train_logs, read_val_log, read_val_logs
+from .logs import read_dapt_evals, read_dapt_logs, read_train_log, read_train_logs, read_val_log, read_val_logs
 from .prepare import describe_model, prepare
 from .run import (
     DAPT_TRAINING_KEYS,
@@ -68,7 +68,7 @@ __all__ = [
     "evaluate_zero_shot", "expected_tags", "gain_pairs", "hybrid_alphas", "intervals", "language_gains",
     "lareqa_datasets", "load_eval_data", "load_language_gains", "load_metrics", "load_pair_groups", "load_run",
     "load_seen_unseen", "model_tag", "pair_groups", "params_table", "prepare", "question_clusters",
-    "rank_distance_table", "rank_distance_wide", "read_dapt_logs", "read_train_log", "read_train_logs",
-    "read_val_log", "read_val_logs", "seen_unseen", "setting_counts", "significance", "summary_table",
-    "train_and_evaluate", "train_languages", "training_labels", "training_table",
+    "rank_distance_table", "rank_distance_wide", "read_dapt_evals", "read_dapt_logs", "read_train_log",
+    "read_train_logs", "read_val_log", "read_val_logs", "seen_unseen", "setting_counts", "significance",
+    "summary_table", "train_and_evaluate", "train_languages", "training_labels", "training_table",
 ]

@@ -48,11 +48,24 @@ def read_val_logs(params: StudyParams, run_dir: Path) -> pd.DataFrame:
 def read_dapt_logs(params: StudyParams, run_dir: Path) -> pd.DataFrame:
     """The masked-LM logs of this study's DAPT runs that exist (``dapt/seed<k>/dapt_log.csv``), one table
     with ``strategy`` (``dapt``) and ``seed``; empty without a DAPT strategy."""
-    from ..dapt import dapt_folder
     from ..dapt.pretrain import LOG_FILE
+
+    return _dapt_tables(params, run_dir, LOG_FILE)
+
+
+def read_dapt_evals(params: StudyParams, run_dir: Path) -> pd.DataFrame:
+    """The held-out masked-LM losses of this study's DAPT runs (``dapt/seed<k>/dapt_eval.csv``: before the
+    first step, after the head phase, at the end), with ``strategy`` and ``seed``; empty without DAPT."""
+    from ..dapt.pretrain import EVAL_FILE
+
+    return _dapt_tables(params, run_dir, EVAL_FILE)
+
+
+def _dapt_tables(params: StudyParams, run_dir: Path, name: str) -> pd.DataFrame:
+    from ..dapt import dapt_folder
 
     if not any(s in DAPT_STRATEGIES for s in params.strategies):
         return pd.DataFrame()
-    paths = {k: dapt_folder(run_dir, k) / LOG_FILE for k in params.seeds}
+    paths = {k: dapt_folder(run_dir, k) / name for k in params.seeds}
     frames = [pd.read_csv(path).assign(strategy=DAPT, seed=k) for k, path in paths.items() if path.is_file()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
