@@ -11,6 +11,9 @@
   second. Never write into it (copy it first).
 - ``tiny_encoder`` (function): a fresh ``DualEncoder`` on ``tiny_model_dir`` (fp32, CPU) whose
   weights a test may change (training tests): its model is a private copy.
+- ``one_torch_thread`` (module): torch on one thread while a module runs (``pytestmark =
+  pytest.mark.usefixtures("one_torch_thread")``): tiny matrices gain nothing from more threads,
+  and lose a lot on a busy machine.
 - ``trained_tiny_model`` (session): ``(params, result)`` of one short ``train`` run on
   ``tiny_model_dir`` (x-y batches, 2 steps, no validation), for tests that check what a finished
   run leaves rather than how it trains. Read-only: copy ``result.model_dir.parent`` first.
@@ -33,6 +36,14 @@ if "HYBRIDLIB_MIRROR" not in os.environ and _SHARED_DATA.is_dir():
 
 TINY_HIDDEN = 32
 TINY_LAYERS = 2
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -41,13 +41,7 @@ from hybridlib.errors import HybridlibError
 Z = 5.0  # binomial bounds at 5 standard deviations: a correct implementation fails with probability < 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: tiny matrices gain nothing from more, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ from hybridlib.study.logs import read_dapt_logs
 WEIGHT = "encoder.layer.0.attention.self.query.weight"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the tiny encoder gains nothing from more, and loses a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dapt_params(model_dir, **changes):

@@ -19,6 +19,8 @@ import pytest
 
 matplotlib.use("Agg")
 
+from synthetic import macro_averages  # noqa: E402
+
 from hybridlib import plots, publish, report  # noqa: E402
 from hybridlib.config import StudyParams, load_params, params_from_dict  # noqa: E402
 from hybridlib.io import write_table  # noqa: E402
@@ -56,13 +58,6 @@ def fake_per_query(n_ids: int = 6) -> pd.DataFrame:
     return frame.assign(model=MODEL, eval_dataset="mlqa-r")
 
 
-def macro(per_query: pd.DataFrame) -> pd.DataFrame:
-    keys = ["model", "strategy", "seed", "eval_dataset", "setting", "metric"]
-    cells = per_query.groupby([*keys, "query_lang", "pool_lang"], as_index=False)["value"].mean()
-    averaged = cells.groupby(keys, as_index=False)["value"].mean().assign(query_lang="all", pool_lang="all")
-    return pd.concat([cells, averaged], ignore_index=True)
-
-
 def write_notebook(path: Path) -> None:
     """An executed notebook: a progress bar redrawn with carriage returns, then a result."""
     cell = nbformat.v4.new_code_cell("train()", execution_count=1)
@@ -78,7 +73,7 @@ def run_dir(tmp_path_factory) -> Path:
     """A finished run folder as notebooks 01-05 leave it (per-query table included, to be left out)."""
     folder = tmp_path_factory.mktemp("runs") / "fake"
     params, per_query = fake_params(), fake_per_query()
-    metrics, clusters = macro(per_query), {f"q{q}": f"p{q // 2}" for q in range(6)}  # 6 ids in 3 paragraphs
+    metrics, clusters = macro_averages(per_query), {f"q{q}": f"p{q // 2}" for q in range(6)}  # 6 ids in 3 paragraphs
     boot = dict(clusters=clusters, bootstrap_samples=50)
     write_table(metrics, folder / "metrics" / "metrics.csv")
     write_table(per_query, folder / "metrics" / "per_query.parquet")

@@ -15,6 +15,8 @@ import pytest
 
 matplotlib.use("Agg")
 
+from synthetic import macro_averages  # noqa: E402
+
 from hybridlib import plots, report  # noqa: E402
 from hybridlib.config import StudyParams  # noqa: E402
 
@@ -45,18 +47,10 @@ def per_query_frame(n_ids: int = 12, seeds=(0, 1)) -> pd.DataFrame:
     return frame.assign(model=MODEL, eval_dataset="xquad-r")
 
 
-def metrics_frame(per_query: pd.DataFrame) -> pd.DataFrame:
-    """Macro averages as the evaluation writes them: per cell, then ``all`` per setting."""
-    keys = ["model", "strategy", "seed", "eval_dataset", "setting", "metric"]
-    cells = per_query.groupby([*keys, "query_lang", "pool_lang"], as_index=False)["value"].mean()
-    averaged = cells.groupby(keys, as_index=False)["value"].mean().assign(query_lang="all", pool_lang="all")
-    return pd.concat([cells, averaged], ignore_index=True)
-
-
 @pytest.fixture(scope="module")
 def tables():
     per_query = per_query_frame()
-    return per_query, metrics_frame(per_query)
+    return per_query, macro_averages(per_query)
 
 
 def test_strategies_keep_the_study_order_and_colours():
@@ -266,7 +260,7 @@ def write_parts(run_dir, per_query, tags):
     (run_dir / "metrics" / "parts").mkdir(parents=True, exist_ok=True)
     for strategy, seed in tags:
         rows = per_query[(per_query.strategy == strategy) & (per_query.seed == seed)]
-        study.evaluation._save_part(run_dir, study.model_tag(strategy, seed), metrics_frame(rows), rows)
+        study.evaluation._save_part(run_dir, study.model_tag(strategy, seed), macro_averages(rows), rows)
 
 
 def test_collect_metrics_takes_this_study_s_parts_only(tables, tmp_path, caplog):
