@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import platform
 import shutil
 import struct
 import sys
@@ -445,3 +446,15 @@ def test_tokenizer_cache_key_follows_the_tokenizer_files_not_the_folder(tiny_mod
     (copy / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
     assert key(str(copy)) != key(str(tiny_model_dir))  # another tokenizer: loaded, not shared
     assert key("intfloat/multilingual-e5-small") == "intfloat/multilingual-e5-small"
+
+
+def test_cpu_name_gives_family_and_model_numbers(tmp_path):
+    from hybridlib import models
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                       "model name\t: AMD EPYC\nflags\t\t: fpu avx512_bf16\n\nprocessor\t: 1\ncpu family\t: 99\n")
+    assert models.cpu_name(str(cpuinfo)) == "AMD EPYC (cpu family 26, model 2)"  # the first processor's block
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Apple M2\n")
+    assert models.cpu_name(str(cpuinfo)) == "Apple M2"
+    assert models.cpu_name(str(tmp_path / "missing")) == (platform.processor() or "unknown CPU")

@@ -55,13 +55,24 @@ def _cpu_capabilities() -> dict:
     return torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name with its family and model numbers (``cpuinfo``), else what ``platform``
+    knows. Virtual machines often name only the vendor ("AMD EPYC"); the numbers tell generations
+    apart (AMD family 25 is Zen 3/4, 26 is Zen 5), whose speeds differ within one CPU class."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
+        with open(cpuinfo, encoding="utf-8") as handle:
+            fields = {}
+            for line in handle:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        fields = {}
+    if "model name" not in fields:
         return platform.processor() or "unknown CPU"
+    numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if key in fields]
+    return fields["model name"] + (f" ({', '.join(numbers)})" if numbers else "")
 
 
 def cpu_class() -> str:
