@@ -289,13 +289,7 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
                     label=strategy if seed == _first_seed(val_log, strategy) else None)
         ax.set_ylabel(column)
         ax.set_title(label, fontsize=10)
-    for ax in axes.ravel():
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _finish_step_axes(fig, axes, "training step", title)
 
 
 def dapt_curves(log: pd.DataFrame, evals: Optional[pd.DataFrame] = None, title: str = "") -> Figure:
@@ -327,8 +321,13 @@ def dapt_curves(log: pd.DataFrame, evals: Optional[pd.DataFrame] = None, title: 
             axes[0, 1].plot(run["step"], run["eval_loss"], marker="o", color=colour, alpha=0.8)
         axes[0, 1].set_ylabel("held-out masked-LM loss")
         axes[0, 1].set_title("held-out paragraphs: start, after the head phase, end", fontsize=10)
+    return _finish_step_axes(fig, axes, "DAPT step", title)
+
+
+def _finish_step_axes(fig: Figure, axes, xlabel: str, title: str) -> Figure:
+    """Panels against a step: the x label, integer ticks, a grid; the figure's title when given."""
     for axis in axes.ravel():
-        axis.set_xlabel("DAPT step")
+        axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
