@@ -10,7 +10,6 @@
 - ``alpha_sweep``: final mono / cross / multilingual mAP and rank distance against hybrid's alpha;
 - ``alpha_convergence``: validation loss and held-out R@10 against the step, one colour per alpha;
 - ``dapt_curves``: DAPT's masked-LM loss per step with its head-only phase marked, and the held-out loss;
-- ``language_gains``: each comparison's mAP difference per query language and setting, 95% intervals.
 
 Strategies always appear in ``constants.STRATEGIES`` with the colours of ``STRATEGY_COLORS``; titles
 name the model as the metrics table does (the default model is a dequantized 4-bit copy of
@@ -332,41 +331,6 @@ def _finish_step_axes(fig: Figure, axes, xlabel: str, title: str) -> Figure:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
-    return fig
-
-
-def language_gains(gains: pd.DataFrame, eval_dataset: Optional[str] = None) -> Figure:
-    """Each comparison's mAP difference (a − b) per query language, one panel per setting, 95% intervals.
-
-    ``gains``: ``study.language_gains`` output (``stats.paired_tests`` columns by ``query_lang``, and
-    ``seen``). Languages unseen in training are listed last and marked ``(unseen)``; a comparison
-    against the zero-shot encoder is a dot in the colour of its strategy, any other a diamond.
-    """
-    _check_columns(gains, ["eval_dataset", "setting", "query_lang", "seen", "strategy_a", "strategy_b", "mean_diff",
-                           "ci_low", "ci_high"], "language gains table")
-    data, eval_dataset = _one_dataset(gains, eval_dataset)
-    settings = [s for s in SETTINGS if s in set(data["setting"])]
-    seen = data.drop_duplicates("query_lang").set_index("query_lang")["seen"]
-    languages = sorted(seen.index, key=lambda lang: (seen[lang] != "yes", lang))[::-1]  # top to bottom
-    y_of = {lang: i for i, lang in enumerate(languages)}
-    pairs = list(dict.fromkeys(zip(data["strategy_a"], data["strategy_b"])))
-    palette = strategy_palette(data["strategy_a"].unique())
-    fig, axes = _panels(len(settings), 3.3, 0.9 + 0.32 * len(languages))
-    for ax, setting in zip(axes, settings):
-        for i, (a, b) in enumerate(pairs):
-            rows = data[(data["setting"] == setting) & (data["strategy_a"] == a) & (data["strategy_b"] == b)]
-            y = rows["query_lang"].map(y_of) + (i - (len(pairs) - 1) / 2) * 0.6 / max(len(pairs), 1)
-            errors = [rows["mean_diff"] - rows["ci_low"], rows["ci_high"] - rows["mean_diff"]]
-            ax.errorbar(rows["mean_diff"], y, xerr=errors, fmt="o" if b == ZERO_SHOT else "D", markersize=4,
-                        capsize=2, color=palette[a], label=f"{a} − {b}")
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_yticks(range(len(languages)), [lang if seen[lang] == "yes" else f"{lang} (unseen)"
-                                              for lang in languages])
-        ax.set_xlabel("mAP difference")
-        ax.set_title(SETTING_LABELS[setting], fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(f"mAP difference per query language on {eval_dataset} (95% bootstrap intervals)\n{model_label(data)}")
     return fig
 
 

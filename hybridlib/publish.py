@@ -128,6 +128,7 @@ def display_tables(run_dir: Path, metrics: pd.DataFrame) -> dict[str, pd.DataFra
     """The report's tables by name, rebuilt from the run folder's CSVs (those it has) and ``metrics``
     (``metrics/metrics.csv``)."""
     from . import report
+    from .gains import language_gain_table
     from .study.analysis import load_language_gains, load_pair_groups, load_seen_unseen
 
     builders = {"intervals": report.interval_table, "significance": report.significance_table,
@@ -139,7 +140,7 @@ def display_tables(run_dir: Path, metrics: pd.DataFrame) -> dict[str, pd.DataFra
         tables[name] = build(frame) if not frame.empty else frame
     tables["seen_unseen"] = report.seen_unseen_table(load_seen_unseen(run_dir))
     tables["pair_groups"] = report.pair_group_table(load_pair_groups(run_dir))
-    tables["language_gains"] = report.language_gain_table(load_language_gains(run_dir))
+    tables["language_gains"] = language_gain_table(load_language_gains(run_dir))
     return {name: table for name, table in tables.items() if not table.empty}
 
 

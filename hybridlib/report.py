@@ -269,28 +269,6 @@ def pair_group_table(split: pd.DataFrame) -> pd.DataFrame:
     return _in_strategy_order(table.assign(source="")).drop(columns="source")
 
 
-def language_gain_table(gains: pd.DataFrame) -> pd.DataFrame:
-    """``study.language_gains`` output as one row per (dataset, comparison, query language) and one
-    ``difference [low, high]`` column per setting (mono, cross, multi mAP), then ``seen`` and ``runs``.
-    Languages unseen in training come after the seen ones. An empty ``gains`` gives an empty frame."""
-    if gains.empty:
-        return pd.DataFrame()
-    names = {s: COLUMNS[(s, "mAP")] for s in (MONO, CROSS, MULTI)}
-    cells = [_interval_text(r.mean_diff, r.ci_low, r.ci_high, 3, "+") for r in gains.itertuples()]
-    frame = gains.assign(cell=cells, comparison=gains["strategy_a"] + " − " + gains["strategy_b"])
-    keys = ["eval_dataset", "comparison", "seen", "query_lang"]
-    table = frame.pivot_table(index=keys, columns="setting", values="cell", aggfunc="first")
-    table = table[[s for s in names if s in table.columns]].rename(columns=names)
-    runs = frame.groupby(keys).apply(lambda g: _runs_text(g["n_runs_a"].max(), g["n_runs_b"].max()))
-    table = table.join(runs.rename("runs")).reset_index()
-    order = {c: i for i, c in enumerate(dict.fromkeys(frame["comparison"]))}
-    table = table.assign(_c=table["comparison"].map(order), _s=table["seen"] != "yes")
-    table = table.sort_values(["eval_dataset", "_c", "_s", "query_lang"]).drop(columns=["_c", "_s"])
-    table.columns.name = None
-    return table[["eval_dataset", "comparison", "query_lang", "seen", *[c for c in table.columns
-                                                                     if c in names.values()], "runs"]]
-
-
 def _runs_text(a, b) -> str:
     return "" if pd.isna(a) or pd.isna(b) else f"{int(a)} / {int(b)}"
 
@@ -365,7 +343,7 @@ def write_report(run_dir, params, comparison: pd.DataFrame, ordering: pd.DataFra
     """Write ``<run_dir>/report.md``: the tables as markdown and links to the PNG figures.
 
     ``seen_unseen``: ``seen_unseen_table`` output; ``pair_groups``: ``pair_group_table`` output;
-    ``language_gains``: ``language_gain_table`` output; each shown when given and not empty.
+    ``language_gains``: ``gains.language_gain_table`` output; each shown when given and not empty.
     """
     run_dir = Path(run_dir)
     note = PAPER_NOTE.format(model=model, training=training_description(params))

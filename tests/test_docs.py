@@ -8,8 +8,8 @@ A clone has to stand alone: a reader who follows a link in the README or in ``do
   (``results/*/*.md``), resolved relative to the file that holds them. Links inside code
   (fenced blocks, backticks) are not links. ``http(s)``/``mailto`` links and pure anchors
   (``#...``) are ignored, and an anchor after a path is dropped;
-- **path mentions containing a ``docs/`` folder** (``docs/paper.md``, also ``shared/docs/x.md``
-  or ``../shared/docs/x.md``, which do not exist in a clone) in the same markdown files and in
+- **path mentions containing a ``docs/`` folder** (``docs/paper.md``, also ``sibling/docs/x.md``
+  or ``../sibling/docs/x.md``, which do not exist in a clone) in the same markdown files and in
   the source text of ``hybridlib/**/*.py``, ``benchmarks/*.py``, ``tests/*.py``, ``params/*.yaml``
   and the cells of ``notebooks/*.ipynb``: docstrings, comments and messages alike. They are
   resolved relative to the repository root, or to the file when they start with ``./`` or
@@ -192,8 +192,8 @@ def test_markdown_links_are_found_outside_code(text, expected):
 
 @pytest.mark.parametrize("text, expected", [
     ("Protocol (docs/paper.md, \"Evaluation\").", ["docs/paper.md"]),
-    ("the notes (shared/docs/default-model.md) report", ["shared/docs/default-model.md"]),
-    ("a ../shared/docs/paper.md citation", ["../shared/docs/paper.md"]),
+    ("the notes (sibling/docs/default-model.md) report", ["sibling/docs/default-model.md"]),
+    ("a ../sibling/docs/paper.md citation", ["../sibling/docs/paper.md"]),
     ("``docs/data-format.md``", ["docs/data-format.md"]),
     ("https://github.com/o/r/blob/main/docs/x.md", []),
     ("docs/        scaling.md (GPU estimates)", []),
@@ -217,12 +217,12 @@ def test_broken_references_are_named_and_good_ones_pass(tmp_path):
         "[paper](docs/paper.md) ![fig](figures/a.png) [web](https://example.org) [top](#top)",
         "![missing figure](figures/missing.png)",
         "[escape](../outside.md) [case](Figures/a.png)",
-        "Notes: shared/docs/default-model.md; generated: `runs/default/report.md`.",
+        "Notes: sibling/docs/default-model.md; generated: `runs/default/report.md`.",
         "`[in code](nowhere.md)`",
     ]) + "\n")
     _write(root / "hybridlib" / "models" / "encoder.py",
            '"""Layout: docs/paper.md; details in docs/gone.md."""\n# see docs/design.md\n')
-    _write(root / "benchmarks" / "bench.py", "# numbers from ../shared/docs/paper.md\n")
+    _write(root / "benchmarks" / "bench.py", "# numbers from ../sibling/docs/paper.md\n")
     notebook = {"cells": [{"cell_type": "markdown", "source": ["# title\n", "built as in `docs/paper.md`"]},
                           {"cell_type": "code", "source": "x = 1  # docs/notebook-notes.md"}]}
     _write(root / "notebooks" / "01.ipynb", json.dumps(notebook))
@@ -235,9 +235,9 @@ def test_broken_references_are_named_and_good_ones_pass(tmp_path):
         "README.md line 2: figures/missing.png (link: no such file)",
         "README.md line 3: ../outside.md (link: outside the repository)",
         "README.md line 3: Figures/a.png (link: no such file)",
-        "README.md line 4: shared/docs/default-model.md (docs/ reference: no such file)",
+        "README.md line 4: sibling/docs/default-model.md (docs/ reference: no such file)",
         missing_design[0],
-        "benchmarks/bench.py line 1: ../shared/docs/paper.md (docs/ reference: no such file)",
+        "benchmarks/bench.py line 1: ../sibling/docs/paper.md (docs/ reference: no such file)",
         "hybridlib/models/encoder.py line 1: docs/gone.md (docs/ reference: no such file)",
         missing_design[1],
         "notebooks/01.ipynb cell 2 line 1: docs/notebook-notes.md (docs/ reference: no such file)",

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 
 from synthetic import macro_averages  # noqa: E402
 
+from hybridlib import gains as gains_view  # noqa: E402
 from hybridlib import plots, report  # noqa: E402
 from hybridlib.config import StudyParams  # noqa: E402
 
@@ -508,13 +509,13 @@ def test_language_gains_are_per_query_language_and_shown(tmp_path):
         assert row["seen"] == ("no" if lang == "ru" else "yes")
     loaded = study.load_language_gains(tmp_path)
     assert len(loaded) == len(gains) and study.load_language_gains(tmp_path / "none").empty
-    table = report.language_gain_table(loaded)
+    table = gains_view.language_gain_table(loaded)
     assert table.columns.tolist() == ["eval_dataset", "comparison", "query_lang", "seen", "mono mAP", "cross mAP",
                                       "multi mAP", "runs"]
     assert table["comparison"].iloc[0] == "x-x-mono − zero-shot"
     assert table["query_lang"].tolist()[:3] == ["de", "en", "ru"]  # the unseen language last
-    assert table["runs"].iloc[0] == "2 / 2" and report.language_gain_table(pd.DataFrame()).empty
-    figure = plots.language_gains(loaded)
+    assert table["runs"].iloc[0] == "2 / 2" and gains_view.language_gain_table(pd.DataFrame()).empty
+    figure = gains_view.language_gain_figure(loaded)
     assert len(figure.axes) == 3 and "ru (unseen)" in [t.get_text() for t in figure.axes[0].get_yticklabels()]
     from hybridlib.stats import claim_verdicts, paired_tests
 
