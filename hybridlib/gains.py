@@ -13,8 +13,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .constants import CROSS, MONO, MULTI, SETTINGS, ZERO_SHOT
-from .plots import SETTING_LABELS, _check_columns, _one_dataset, _panels, model_label, strategy_palette
-from .report import COLUMNS, _interval_text, _runs_text
+from .plots import SETTING_LABELS, check_columns, model_label, one_dataset, panels, strategy_palette
+from .report import COLUMNS, interval_text, runs_text
 
 
 def language_gain_table(gains: pd.DataFrame) -> pd.DataFrame:
@@ -24,12 +24,12 @@ def language_gain_table(gains: pd.DataFrame) -> pd.DataFrame:
     if gains.empty:
         return pd.DataFrame()
     names = {s: COLUMNS[(s, "mAP")] for s in (MONO, CROSS, MULTI)}
-    cells = [_interval_text(r.mean_diff, r.ci_low, r.ci_high, 3, "+") for r in gains.itertuples()]
+    cells = [interval_text(r.mean_diff, r.ci_low, r.ci_high, 3, "+") for r in gains.itertuples()]
     frame = gains.assign(cell=cells, comparison=gains["strategy_a"] + " − " + gains["strategy_b"])
     keys = ["eval_dataset", "comparison", "seen", "query_lang"]
     table = frame.pivot_table(index=keys, columns="setting", values="cell", aggfunc="first")
     table = table[[s for s in names if s in table.columns]].rename(columns=names)
-    runs = frame.groupby(keys).apply(lambda g: _runs_text(g["n_runs_a"].max(), g["n_runs_b"].max()))
+    runs = frame.groupby(keys).apply(lambda g: runs_text(g["n_runs_a"].max(), g["n_runs_b"].max()))
     table = table.join(runs.rename("runs")).reset_index()
     order = {c: i for i, c in enumerate(dict.fromkeys(frame["comparison"]))}
     table = table.assign(_c=table["comparison"].map(order), _s=table["seen"] != "yes")
@@ -46,16 +46,16 @@ def language_gain_figure(gains: pd.DataFrame, eval_dataset: Optional[str] = None
     ``seen``). Languages unseen in training are listed last and marked ``(unseen)``; a comparison
     against the zero-shot encoder is a dot in the colour of its strategy, any other a diamond.
     """
-    _check_columns(gains, ["eval_dataset", "setting", "query_lang", "seen", "strategy_a", "strategy_b", "mean_diff",
+    check_columns(gains, ["eval_dataset", "setting", "query_lang", "seen", "strategy_a", "strategy_b", "mean_diff",
                            "ci_low", "ci_high"], "language gains table")
-    data, eval_dataset = _one_dataset(gains, eval_dataset)
+    data, eval_dataset = one_dataset(gains, eval_dataset)
     settings = [s for s in SETTINGS if s in set(data["setting"])]
     seen = data.drop_duplicates("query_lang").set_index("query_lang")["seen"]
     languages = sorted(seen.index, key=lambda lang: (seen[lang] != "yes", lang))[::-1]  # top to bottom
     y_of = {lang: i for i, lang in enumerate(languages)}
     pairs = list(dict.fromkeys(zip(data["strategy_a"], data["strategy_b"])))
     palette = strategy_palette(data["strategy_a"].unique())
-    fig, axes = _panels(len(settings), 3.3, 0.9 + 0.32 * len(languages))
+    fig, axes = panels(len(settings), 3.3, 0.9 + 0.32 * len(languages))
     for ax, setting in zip(axes, settings):
         for i, (a, b) in enumerate(pairs):
             rows = data[(data["setting"] == setting) & (data["strategy_a"] == a) & (data["strategy_b"] == b)]

@@ -86,13 +86,15 @@ def save_figure(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"),
     return written
 
 
-def _check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Raise a one-line ``ValueError`` naming the columns ``frame`` (described by ``what``) lacks."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{what} lacks column(s) {', '.join(missing)}")
 
 
-def _one_dataset(frame: pd.DataFrame, eval_dataset: Optional[str]) -> tuple[pd.DataFrame, str]:
+def one_dataset(frame: pd.DataFrame, eval_dataset: Optional[str]) -> tuple[pd.DataFrame, str]:
+    """The rows of one evaluation dataset (the first by name when ``eval_dataset`` is None) and its name."""
     datasets = sorted(frame["eval_dataset"].unique())
     if eval_dataset is None:
         eval_dataset = datasets[0]
@@ -116,9 +118,9 @@ def map_heatmaps(metrics: pd.DataFrame, eval_dataset: Optional[str] = None, metr
     The diagonal is the monolingual setting, the rest the cross-lingual ones; values are means
     over seeds; all panels share one colour scale. ``metrics``: the tidy metrics table.
     """
-    _check_columns(metrics, ["strategy", "eval_dataset", "setting", "query_lang", "pool_lang", "metric", "value"],
-                   "metrics table")
-    data, eval_dataset = _one_dataset(metrics, eval_dataset)
+    check_columns(metrics, ["strategy", "eval_dataset", "setting", "query_lang", "pool_lang", "metric", "value"],
+                  "metrics table")
+    data, eval_dataset = one_dataset(metrics, eval_dataset)
     strategies = ordered_strategies(strategies or data["strategy"].unique())
     matrices = {s: language_matrix(data, s, metric) for s in strategies}
     matrices = {s: m for s, m in matrices.items() if not m.empty}
@@ -129,7 +131,7 @@ def map_heatmaps(metrics: pd.DataFrame, eval_dataset: Optional[str] = None, metr
     vmin, vmax = np.nanmin(values), np.nanmax(values)
     n_langs = max(len(m) for m in matrices.values())
     size = 1.2 + 0.42 * n_langs
-    fig, axes = _panels(len(matrices), size, size * 0.9)
+    fig, axes = panels(len(matrices), size, size * 0.9)
     for ax, (strategy, matrix) in zip(axes, matrices.items()):
         sns.heatmap(matrix, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", square=True, annot=n_langs <= 11,
                     fmt=".2f", annot_kws={"fontsize": 7}, cbar=ax is axes[len(matrices) - 1],
@@ -141,7 +143,9 @@ def map_heatmaps(metrics: pd.DataFrame, eval_dataset: Optional[str] = None, metr
     return fig
 
 
-def _panels(n: int, width: float, height: float, max_columns: int = 4):
+def panels(n: int, width: float, height: float, max_columns: int = 4):
+    """A figure of ``n`` panels of ``width`` x ``height`` inches in rows of at most ``max_columns``; the
+    spare axes are hidden. Returns the figure and the ``n`` axes in reading order."""
     columns = min(n, max_columns)
     rows = int(np.ceil(n / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
@@ -161,9 +165,9 @@ def setting_bars(intervals: pd.DataFrame, eval_dataset: Optional[str] = None, me
     ``runs``: the tidy metrics table (``metrics.csv``); its macro rows (languages ``all``) give
     each run's value. None: no dots.
     """
-    _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
-                   "interval table")
-    data, eval_dataset = _one_dataset(intervals[intervals["metric"] == metric], eval_dataset)
+    check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
+                  "interval table")
+    data, eval_dataset = one_dataset(intervals[intervals["metric"] == metric], eval_dataset)
     settings = [s for s in SETTINGS if s in set(data["setting"])]
     strategies = ordered_strategies(data["strategy"].unique())
     palette = strategy_palette(strategies)
@@ -207,8 +211,8 @@ def rank_distance_distribution(per_query: pd.DataFrame, eval_dataset: Optional[s
     are pooled). Lower is better: the parallel answers are ranked closer together. White
     diamonds mark the means, which the paper's tables report.
     """
-    _check_columns(per_query, ["strategy", "eval_dataset", "query_lang", "metric", "value"], "per-query table")
-    data, eval_dataset = _one_dataset(per_query[per_query["metric"] == "rank_distance"], eval_dataset)
+    check_columns(per_query, ["strategy", "eval_dataset", "query_lang", "metric", "value"], "per-query table")
+    data, eval_dataset = one_dataset(per_query[per_query["metric"] == "rank_distance"], eval_dataset)
     if data.empty:
         raise ValueError("no rank_distance rows in the per-query table")
     strategies = ordered_strategies(data["strategy"].unique())
@@ -266,11 +270,11 @@ def training_curves(train_log: pd.DataFrame, val_log: Optional[pd.DataFrame] = N
         ax.text(0.5, 0.5, "no fine-tuned model in this study", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    _check_columns(train_log, ["strategy", "seed", "step", "loss"], "training log")
+    check_columns(train_log, ["strategy", "seed", "step", "loss"], "training log")
     val_panels = [(column, label) for column, label in _VALIDATION_PANELS
                   if val_log is not None and column in val_log.columns and val_log[column].notna().any()]
-    panels = 1 + len(val_panels)
-    fig, axes = plt.subplots(1, panels, figsize=(1 + 5 * panels, 4), squeeze=False, layout="constrained")
+    n_panels = 1 + len(val_panels)
+    fig, axes = plt.subplots(1, n_panels, figsize=(1 + 5 * n_panels, 4), squeeze=False, layout="constrained")
     ax = axes[0, 0]
     span = span or max(1, int(train_log["step"].max()) // 20)
     palette = strategy_palette(train_log["strategy"].unique())
@@ -298,7 +302,7 @@ def dapt_curves(log: pd.DataFrame, evals: Optional[pd.DataFrame] = None, title: 
     ``log``: ``study.read_dapt_logs`` (columns ``seed, step, phase, loss``); ``evals``:
     ``study.read_dapt_evals`` (``seed, step, phase, eval_loss``), optional.
     """
-    _check_columns(log, ["seed", "step", "phase", "loss"], "DAPT log")
+    check_columns(log, ["seed", "step", "phase", "loss"], "DAPT log")
     has_evals = evals is not None and not evals.empty
     fig, axes = plt.subplots(1, 1 + has_evals, figsize=(5.5 + 4 * has_evals, 3.8), squeeze=False, layout="constrained")
     ax, colour = axes[0, 0], STRATEGY_COLORS[DAPT]
@@ -315,7 +319,7 @@ def dapt_curves(log: pd.DataFrame, evals: Optional[pd.DataFrame] = None, title: 
     ax.set_ylabel("masked-LM loss (batch)")
     ax.set_title(f"DAPT training loss, {log['seed'].nunique()} seeds (EMA over {span} steps; faint: raw)", fontsize=10)
     if has_evals:
-        _check_columns(evals, ["seed", "step", "eval_loss"], "DAPT held-out log")
+        check_columns(evals, ["seed", "step", "eval_loss"], "DAPT held-out log")
         for _, run in evals.sort_values("step").groupby("seed"):
             axes[0, 1].plot(run["step"], run["eval_loss"], marker="o", color=colour, alpha=0.8)
         axes[0, 1].set_ylabel("held-out masked-LM loss")
@@ -352,15 +356,15 @@ def alpha_sweep(intervals: pd.DataFrame, alphas: dict, eval_dataset: Optional[st
     ``intervals``: ``stats.bootstrap_ci`` output; ``alphas``: label -> alpha of the hybrid runs
     (``study.hybrid_alphas``). A zero-shot row, when present, is drawn as a dashed line.
     """
-    _check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
-                   "interval table")
-    data, eval_dataset = _one_dataset(intervals, eval_dataset)
-    panels = [("mAP", s) for s in SETTINGS] + [(RANK_DISTANCE, MULTI)]
-    panels = [(m, s) for m, s in panels if not _sweep_rows(data, alphas, m, s).empty]
-    if not panels:
+    check_columns(intervals, ["strategy", "eval_dataset", "setting", "metric", "mean", "ci_low", "ci_high"],
+                  "interval table")
+    data, eval_dataset = one_dataset(intervals, eval_dataset)
+    shown = [("mAP", s) for s in SETTINGS] + [(RANK_DISTANCE, MULTI)]
+    shown = [(m, s) for m, s in shown if not _sweep_rows(data, alphas, m, s).empty]
+    if not shown:
         raise ValueError(f"no interval rows of the runs {', '.join(alphas)} on {eval_dataset}")
-    fig, axes = _panels(len(panels), 3.4, 3.2)
-    for ax, (metric, setting) in zip(axes, panels):
+    fig, axes = panels(len(shown), 3.4, 3.2)
+    for ax, (metric, setting) in zip(axes, shown):
         rows = _sweep_rows(data, alphas, metric, setting)
         ax.errorbar(rows["alpha"], rows["mean"], yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
                     marker="o", capsize=3, color=STRATEGY_COLORS["hybrid"], label="hybrid")
@@ -382,7 +386,7 @@ def alpha_convergence(val_log: pd.DataFrame, alphas: dict, title: str = "") -> F
     ``val_log``: ``study.read_val_logs`` (columns ``strategy, seed, step`` and ``val_score`` and/or
     ``val_loss``); ``alphas``: ``study.hybrid_alphas``.
     """
-    _check_columns(val_log, ["strategy", "seed", "step"], "validation log")
+    check_columns(val_log, ["strategy", "seed", "step"], "validation log")
     data = val_log[val_log["strategy"].isin(list(alphas))]
     if data.empty:
         raise ValueError(f"no validation rows of the runs {', '.join(alphas)}")

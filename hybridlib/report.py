@@ -200,7 +200,8 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3, column_digits: Optional
     return "\n".join(lines)
 
 
-def _interval_text(mean: float, low: float, high: float, digits: int, sign: str = "") -> str:
+def interval_text(mean: float, low: float, high: float, digits: int, sign: str = "") -> str:
+    """``mean [low, high]`` with ``digits`` decimals (``sign="+"`` signs differences)."""
     return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
 
@@ -216,7 +217,7 @@ def interval_table(intervals: pd.DataFrame) -> pd.DataFrame:
     them) ``runs`` and ``clusters`` (the most of any setting) and ``resampled`` (the unit).
     """
     intervals = intervals[[(s, m) in COLUMNS for s, m in zip(intervals["setting"], intervals["metric"])]]
-    cells = [_interval_text(r.mean, r.ci_low, r.ci_high, _digits(r.metric)) for r in intervals.itertuples()]
+    cells = [interval_text(r.mean, r.ci_low, r.ci_high, _digits(r.metric)) for r in intervals.itertuples()]
     frame = intervals.assign(cell=cells, column=[COLUMNS[(s, m)] for s, m in zip(intervals["setting"],
                                                                                      intervals["metric"])])
     table = frame.pivot_table(index=["eval_dataset", "strategy"], columns="column", values="cell",
@@ -261,7 +262,7 @@ def pair_group_table(split: pd.DataFrame) -> pd.DataFrame:
     groups = [g for g in PAIR_GROUPS if g in set(split["pair_group"])]
     pairs = split.groupby("pair_group")["n_cells"].agg(lambda n: n.iloc[0] if n.nunique() == 1 else None)
     names = {g: g if pd.isna(pairs[g]) else f"{g} ({int(pairs[g])} pairs)" for g in groups}
-    cells = [_interval_text(r.mean, r.ci_low, r.ci_high, 3) for r in split.itertuples()]
+    cells = [interval_text(r.mean, r.ci_low, r.ci_high, 3) for r in split.itertuples()]
     table = split.assign(cell=cells).pivot_table(index=["eval_dataset", "strategy"], columns="pair_group",
                                                  values="cell", aggfunc="first")[groups].rename(columns=names)
     table = table.join(split.groupby(["eval_dataset", "strategy"])["n_runs"].max().rename("runs")).reset_index()
@@ -269,7 +270,8 @@ def pair_group_table(split: pd.DataFrame) -> pd.DataFrame:
     return _in_strategy_order(table.assign(source="")).drop(columns="source")
 
 
-def _runs_text(a, b) -> str:
+def runs_text(a, b) -> str:
+    """``a / b``, the runs behind each side of a comparison; empty when either is unknown."""
     return "" if pd.isna(a) or pd.isna(b) else f"{int(a)} / {int(b)}"
 
 
@@ -280,13 +282,13 @@ def significance_table(significance: pd.DataFrame) -> pd.DataFrame:
         "eval_dataset": significance["eval_dataset"], "setting": significance["setting"],
         "metric": significance["metric"],
         "comparison": significance["strategy_a"] + " − " + significance["strategy_b"],
-        "difference [95% CI]": [_interval_text(r.mean_diff, r.ci_low, r.ci_high, _digits(r.metric), "+")
+        "difference [95% CI]": [interval_text(r.mean_diff, r.ci_low, r.ci_high, _digits(r.metric), "+")
                                 for r in significance.itertuples()],
         "p": [f"{p:.3g}" for p in significance["p_value"]],
         "queries": significance["n_queries"],
         "clusters": significance.get("n_clusters"),
-        "runs": [_runs_text(a, b) for a, b in zip(significance.get("n_runs_a", pd.Series(np.nan, significance.index)),
-                                                  significance.get("n_runs_b", pd.Series(np.nan, significance.index)))],
+        "runs": [runs_text(a, b) for a, b in zip(significance.get("n_runs_a", pd.Series(np.nan, significance.index)),
+                                                 significance.get("n_runs_b", pd.Series(np.nan, significance.index)))],
         "resampled": significance.get("resampling_unit"),
     })
 
@@ -309,7 +311,7 @@ def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
         "eval_dataset": claims["eval_dataset"], "claim": claims["claim"], "verdict": claims["verdict"],
         "comparison": claims["strategy_a"] + " − " + claims["strategy_b"],
         "setting": claims["setting"] + np.where(claims["metric"] == "mAP", "", " " + claims["metric"]),
-        "ours [95% CI]": [_interval_text(r.mean_diff, r.ci_low, r.ci_high, _digits(r.metric), "+") if t else ""
+        "ours [95% CI]": [interval_text(r.mean_diff, r.ci_low, r.ci_high, _digits(r.metric), "+") if t else ""
                           for r, t in zip(claims.itertuples(), tested)],
         "p (Holm)": [f"{p:.3g} ({h:.3g})" if t else "" for p, h, t in zip(claims["p_value"], claims["p_holm"], tested)],
         "outcome": claims["outcome"],
@@ -318,7 +320,7 @@ def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
         "paper LaBSE": [_paper_text(v, i, _digits(m)) for v, i, m in
                         zip(claims["paper_labse"], claims["labse_in_ci"], claims["metric"])],
         "clusters": claims["n_clusters"],
-        "runs": [_runs_text(a, b) for a, b in zip(claims["n_runs_a"], claims["n_runs_b"])],
+        "runs": [runs_text(a, b) for a, b in zip(claims["n_runs_a"], claims["n_runs_b"])],
         "resampled": claims["resampling_unit"],
     })
 

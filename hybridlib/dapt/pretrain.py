@@ -259,7 +259,7 @@ def continue_pretraining(model_name_or_dir: Union[str, Path], paragraphs: Sequen
     paragraphs = _texts(paragraphs, "paragraphs", required=True)
     eval_paragraphs = _texts(eval_paragraphs, "eval_paragraphs", required=False)
     out_dir = Path(out_dir)
-    fingerprint = _fingerprint(str(model_name_or_dir), settings, device, paragraphs, eval_paragraphs)
+    fingerprint = dapt_fingerprint(str(model_name_or_dir), settings, device, paragraphs, eval_paragraphs)
     finished = _finished(out_dir, fingerprint)
     if finished is not None:
         return finished
@@ -274,7 +274,7 @@ def continue_pretraining(model_name_or_dir: Union[str, Path], paragraphs: Sequen
     return _finish(run, out_dir, resumed)
 
 
-def _fingerprint(model: str, settings: DaptSettings, device: str, paragraphs: list, eval_paragraphs: list) -> str:
+def dapt_fingerprint(model: str, settings: DaptSettings, device: str, paragraphs: list, eval_paragraphs: list) -> str:
     """A hash of everything that determines the result (another run's checkpoint is refused)."""
     from ..models import resolve_device, resolve_precision
 

@@ -28,7 +28,7 @@ from typing import Union
 
 import pandas as pd
 
-from .pretrain import DONE_FILE, MODEL_DIR, DaptResult, _fingerprint, continue_pretraining
+from .pretrain import DONE_FILE, MODEL_DIR, DaptResult, continue_pretraining, dapt_fingerprint
 from .settings import DaptError, DaptSettings
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def pretrain_for_study(params, run_dir: Union[str, Path], seed: int, progress: b
     paragraphs, held_out = study_paragraphs(params)
     held_out = _spread(held_out, EVAL_PARAGRAPHS)
     folder = dapt_folder(run_dir, seed)
-    _clear_stale(folder, _fingerprint(params.model, settings, params.device, paragraphs, held_out))
+    _clear_stale(folder, dapt_fingerprint(params.model, settings, params.device, paragraphs, held_out))
     log.info("DAPT seed %d: %d paragraphs (%d held out), %d steps", seed, len(paragraphs), len(held_out),
              settings.steps)
     return continue_pretraining(params.model, paragraphs, folder, **settings.as_dict(), eval_paragraphs=held_out,
