@@ -92,12 +92,13 @@ class SentenceTransformersStep:
 
     def __init__(self, path: str, precision: str = "fp32"):
         self.precision = precision
-        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-        transformer = models.Transformer(path, max_seq_length=MAX_LENGTH)
-        pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
-        self.model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+        transformer = Transformer(path, max_seq_length=MAX_LENGTH)
+        pooling = Pooling(transformer.get_embedding_dimension(), "mean")
+        self.model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
         self.model.train()
         transformer.auto_model.get_input_embeddings().weight.requires_grad_(False)
         self.loss = MultipleNegativesRankingLoss(self.model, scale=1 / TEMPERATURE)
@@ -107,7 +108,7 @@ class SentenceTransformersStep:
         self.optimizer.zero_grad(set_to_none=True)
         columns = [["query: " + t for t in texts.queries], ["passage: " + t for t in texts.positives],
                    ["passage: " + t for t in texts.negatives]]
-        features = [self.model.tokenize(column) for column in columns]
+        features = [self.model.preprocess(column) for column in columns]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             loss = self.loss(features, None)
         loss.backward()
@@ -160,7 +161,7 @@ def part_sentence_transformers(path: str, batch_size: int, steps_count: int, mac
         ours_loss = batch_loss(q, pn[:batch_size], pn[batch_size:], temperature=TEMPERATURE).item()
         columns = [["query: " + t for t in batches[0].queries], ["passage: " + t for t in batches[0].positives],
                    ["passage: " + t for t in batches[0].negatives]]
-        st_loss = theirs.loss([theirs.model.tokenize(c) for c in columns], None).item()
+        st_loss = theirs.loss([theirs.model.preprocess(c) for c in columns], None).item()
     print(f"\nsame batch, eval mode: hybridlib loss {ours_loss:.5f}, sentence-transformers loss {st_loss:.5f}")
     del ours, theirs
     precisions = ["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"]
