@@ -29,8 +29,11 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = PEAK_SIZE, seconds: float
 
 
 def describe_machine() -> dict:
-    """CPU name and class, cores, torch threads and the fp32 / bf16 matrix-product peaks (GFLOP/s)."""
-    return {"cpu": cpu_name(), "class": cpu_class(), "cores": len(os.sched_getaffinity(0)),
+    """CPU name and class, cores, torch threads and the fp32 / bf16 matrix-product peaks (GFLOP/s).
+
+    Under ``benchmarks/avx2-proxy`` the class says so: its numbers stand in for an AVX2-only machine."""
+    proxy = " (AVX2 proxy: benchmarks/avx2-proxy)" if os.environ.get("HYBRIDLIB_AVX2_PROXY") == "1" else ""
+    return {"cpu": cpu_name(), "class": cpu_class() + proxy, "cores": len(os.sched_getaffinity(0)),
             "torch threads": torch.get_num_threads(), "fp32 peak GFLOP/s": round(matmul_peak_gflops(torch.float32)),
             "bf16 peak GFLOP/s": round(matmul_peak_gflops(torch.bfloat16))}
 
