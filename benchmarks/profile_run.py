@@ -8,9 +8,9 @@ sub-parts are their own rows, indented under it, so the rows add up to the run. 
 not cover is the last row. The import of the notebook's modules, which every (strategy, seed)
 notebook pays in its own kernel, is timed in a fresh interpreter.
 
-The step-0 validation reads the embedding cache when an earlier run of the study filled it (as
-every run after a study's first does): then ``validation > encode`` has two calls fewer than two
-per validation.
+The step-0 validation reads the embedding cache when an earlier run of the study filled it, as
+every run after a study's first does. ``validation > encode`` then counts 2 calls (questions and
+passages) for each validation but the first.
 
     python benchmarks/profile_run.py                           # params/default.yaml, hybrid, seed 0
     python benchmarks/profile_run.py params/mlqa-r.yaml --strategy x-y --seed 1
