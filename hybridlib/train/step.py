@@ -1,7 +1,8 @@
 """One optimisation step: the texts of a batch, their embeddings, the loss's gradients, AdamW.
 
-- Texts are embedded in length-sorted chunks of ``LENGTH_CHUNK`` (far less padding than one
-  padded batch, see ``length_chunks``).
+- Texts are embedded with little padding (``embed_in_chunks``): a BERT-family encoder runs its
+  linear layers on the real tokens only and pads length-sorted chunks of ``LENGTH_CHUNK`` texts
+  for attention alone (``hybridlib.models.packed``); other encoders run chunk by chunk.
 - GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory
   Limited Setup") when ``grad_cache_chunk`` is set: all texts are embedded in chunks without a
   graph, the loss and its gradient w.r.t. the embeddings are computed, then each chunk is
@@ -34,7 +35,9 @@ from ..config import StudyParams
 from ..losses import false_negative_mask, is_distributed
 from ..sampling import NO_ROW, Batch
 
-LENGTH_CHUNK = 16  # texts per forward pass, sorted by length (less padding; see length_chunks)
+# Texts padded together for attention (length sorted, see length_chunks). A BERT-family encoder's
+# linear layers see only real tokens whatever the size; 8-16 timed alike on a default step (12 best).
+LENGTH_CHUNK = 12
 
 
 @dataclass
@@ -95,25 +98,24 @@ def loss_of(embeddings: dict, texts: BatchTexts, loss_fn: Callable) -> torch.Ten
 def length_chunks(tokens: dict, size: int) -> list:
     """Row indices of a tokenized batch sorted by length, cut into chunks of ``size`` rows.
 
-    Embedding each chunk padded only to its own longest text spares most padding: in MLQA-R
-    batches of 32 pairs, 38% of the positions of one padded passage batch are real tokens,
-    74% with 4 length-sorted chunks.
+    Padding each chunk only to its own longest text spares most padding: in MLQA-R batches of
+    32 pairs, 38% of the positions of one padded passage batch are real tokens, 74% with 4
+    length-sorted chunks.
     """
     order = torch.argsort(tokens["attention_mask"].sum(dim=1), stable=True)
     return list(torch.split(order, size))
 
 
-def _rows(tokens: dict, rows: torch.Tensor) -> dict:
-    """Rows of a tokenized batch, trimmed to their longest sequence."""
-    width = int(tokens["attention_mask"][rows].sum(dim=1).max())
-    return {key: value[rows, :width] for key, value in tokens.items()}
+def _subset(tokens: dict, rows: torch.Tensor) -> dict:
+    """Rows of a tokenized batch (a GradCache chunk)."""
+    return {key: value[rows] for key, value in tokens.items()}
 
 
 def embed_in_chunks(encoder, tokens: dict, size: int = LENGTH_CHUNK) -> torch.Tensor:
-    """``encoder.embed_tokens`` over length-sorted chunks (see ``length_chunks``), in input order."""
-    chunks = length_chunks(tokens, size)
-    embedded = torch.cat([encoder.embed_tokens(_rows(tokens, rows)) for rows in chunks])
-    return embedded[torch.argsort(torch.cat(chunks))]
+    """Embeddings of a tokenized batch in input order, with little padding: ``encoder.embed_groups``
+    over its length-sorted chunks (``length_chunks``). A BERT-family encoder runs on the real
+    tokens only and pads the chunks for attention alone; others embed chunk by chunk."""
+    return encoder.embed_groups(tokens, length_chunks(tokens, size))
 
 
 def backward(encoder, texts: BatchTexts, loss_fn: Callable, grad_cache_chunk: Optional[int] = None,
@@ -121,10 +123,10 @@ def backward(encoder, texts: BatchTexts, loss_fn: Callable, grad_cache_chunk: Op
     """Embed a batch, compute ``loss_fn`` and accumulate its gradients into the encoder.
 
     ``loss_fn(q, p, n, q_parallel, parallel_mask)``; ``scale`` (a GradScaler's ``scale``) is
-    applied before back-propagation. Texts are embedded in length-sorted chunks of
-    ``LENGTH_CHUNK`` under the encoder's autocast. With ``grad_cache_chunk`` the gradients are
-    those of plain back-propagation, computed with at most that many texts in memory at once
-    (GradCache). Returns the loss (detached).
+    applied before back-propagation. Texts are embedded by ``embed_in_chunks`` under the
+    encoder's autocast. With ``grad_cache_chunk`` the gradients are those of plain
+    back-propagation, computed with at most that many texts in memory at once (GradCache: each
+    chunk embedded as a batch of its own). Returns the loss (detached).
     """
     tokens = {kind: encoder.tokenize(texts_, kind) for kind, texts_ in text_groups(texts).items() if texts_}
     if grad_cache_chunk is None:
@@ -157,7 +159,7 @@ def _grad_cache_backward(encoder, tokens: dict, texts: BatchTexts, loss_fn: Call
             cached[kind] = torch.empty((len(tokens[kind]["input_ids"]), encoder.dim), device=device)
             for rows in kind_chunks:
                 rng_states.append(_rng_state(device))
-                cached[kind][rows] = encoder.embed_tokens(_rows(tokens[kind], rows))
+                cached[kind][rows] = embed_in_chunks(encoder, _subset(tokens[kind], rows))
             cached[kind].requires_grad_(True)
     state_after = _rng_state(device)
     loss = loss_of(cached, texts, loss_fn)  # 2. loss and its gradient w.r.t. the embeddings
@@ -167,7 +169,7 @@ def _grad_cache_backward(encoder, tokens: dict, texts: BatchTexts, loss_fn: Call
         for rows in kind_chunks:
             _set_rng_state(next(states), device)
             with encoder.autocast():
-                embedded = encoder.embed_tokens(_rows(tokens[kind], rows))
+                embedded = embed_in_chunks(encoder, _subset(tokens[kind], rows))
             embedded.backward(cached[kind].grad[rows])
     _set_rng_state(state_after, device)
     return loss.detach()
