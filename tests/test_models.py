@@ -381,6 +381,21 @@ def test_resolve_device_and_precision():
         models.resolve_precision("fp8", "cpu")
 
 
+@pytest.mark.parametrize("isa, bf16, fp16", [(None, True, True), ("DEFAULT", True, True), ("AVX2", False, False),
+                                            ("avx512_core_vnni", False, False), ("AVX512_CORE_BF16", True, False),
+                                            ("AVX512_CORE_FP16", True, True)])
+def test_kernels_held_below_an_isa_by_onednn_emulate_its_precisions(monkeypatch, isa, bf16, fp16):
+    # torch's bf16 / fp16 matrix products run in oneDNN, which ONEDNN_MAX_CPU_ISA caps
+    monkeypatch.setattr(torch.cpu, "get_capabilities",
+                        lambda: {"avx2": True, "avx512_bf16": True, "amx_bf16": True, "avx512_fp16": True})
+    if isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert models.cpu_has_fast_bf16() is bf16 and models.device._cpu_has_fast_fp16() is fp16
+    assert models.resolve_precision("auto", "cpu") == ("bf16" if bf16 else "fp32")
+
+
 def test_unknown_pooling_is_a_model_error(tiny_model_dir):
     with pytest.raises(ModelError, match="pooling 'max'"):
         DualEncoder(str(tiny_model_dir), pooling="max")

@@ -51,8 +51,32 @@ def resolve_device(device: str = "auto") -> torch.device:
 CPU_CLASSES = {True: "native bf16 (AVX-512 BF16 / AMX)", False: "bf16 emulated (no AVX-512 BF16 / AMX)"}
 
 
+# oneDNN's instruction sets in its order (its ONEDNN_MAX_CPU_ISA names): bf16 products are native
+# from AVX512_CORE_BF16 on, fp16 from AVX10_1_512 (alias AVX512_CORE_FP16) on.
+_ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                "AVX512_CORE_BF16", "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16")
+_ISA_ALIASES = {"AVX512_CORE_FP16": "AVX10_1_512", "AVX512_CORE_AMX": "AVX10_1_512_AMX",
+                "AVX512_CORE_AMX_FP16": "AVX10_1_512_AMX_FP16"}
+
+
+def _isa_cap() -> int:
+    """Position in ``_ONEDNN_ISAS`` of the ISA ``ONEDNN_MAX_CPU_ISA`` holds torch's kernels to
+    (unset, DEFAULT or a newer name: no cap)."""
+    name = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    name = _ISA_ALIASES.get(name, name)
+    return _ONEDNN_ISAS.index(name) if name in _ONEDNN_ISAS else len(_ONEDNN_ISAS)
+
+
 def _cpu_capabilities() -> dict:
-    return torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    """torch's view of the CPU's instruction sets, less the bf16 / fp16 ones that
+    ``ONEDNN_MAX_CPU_ISA`` forbids its kernels (they then emulate those precisions)."""
+    capabilities = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
+    cap = _isa_cap()
+    if cap < _ONEDNN_ISAS.index("AVX512_CORE_BF16"):
+        capabilities.update(avx512_bf16=False, amx_bf16=False)
+    if cap < _ONEDNN_ISAS.index("AVX10_1_512"):
+        capabilities.update(avx512_fp16=False, amx_fp16=False)
+    return capabilities
 
 
 def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
