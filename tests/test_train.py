@@ -269,11 +269,24 @@ def test_grad_cache_replays_the_dropout_masks_of_its_first_pass(tiny_encoder, pa
         assert_within(cached[name], reference[name], gradient_bound(terms, name), name)
 
 
-def test_training_under_bf16_autocast_with_the_grad_scaler_path(tiny_encoder, tiny_model_dir, pairs, tmp_path):
+def test_training_under_bf16_autocast_with_the_grad_scaler_path(tiny_encoder, tiny_model_dir, pairs, tmp_path,
+                                                                monkeypatch):
     """The README's models were trained in bf16 (``precision: auto`` on a CPU with AVX-512 BF16):
     forward passes under bf16 autocast, the loss and the weights in fp32, the update through the
     run's GradScaler (a pass-through for bf16). Without native bf16 the CPU is only slower."""
-    from hybridlib.models import DualEncoder
+    from hybridlib.models import DualEncoder, packed
+
+    attended = []  # the dtypes of Q, K and V as the packed forward's attention receives them
+    attention_function = packed._attention_function
+
+    def recording(model):
+        attend = attention_function(model)
+
+        def record(module, query, key, value, *args, **kwargs):
+            attended.extend(states.dtype for states in (query, key, value))
+            return attend(module, query, key, value, *args, **kwargs)
+        return record
+    monkeypatch.setattr(packed, "_attention_function", recording)
 
     tiny_encoder.precision = "bf16"
     tiny_encoder.model.eval()  # no dropout: one repeated batch, so the loss must fall
@@ -289,6 +302,7 @@ def test_training_under_bf16_autocast_with_the_grad_scaler_path(tiny_encoder, ti
     losses = [optimizer_step(tiny_encoder, texts, LOSS, optimizer, scaler).item() for _ in range(4)]
     hook.remove()
     assert set(dtypes) == {torch.bfloat16}
+    assert attended and set(attended) == {torch.bfloat16}  # not promoted to fp32 by the packing's padding row
     assert np.isfinite(losses).all() and all(b < a for a, b in zip(losses, losses[1:])), losses
     trained = dict(tiny_encoder.model.named_parameters())
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trained.values())

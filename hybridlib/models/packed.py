@@ -59,7 +59,6 @@ class _Packing:
     groups: list
     lengths: torch.Tensor    # tokens per text, in packed (group) order
     order: torch.Tensor      # the batch row of each text in packed order
-    tokens: int
 
 
 def _packing(attention_mask: torch.Tensor, groups: list) -> _Packing:
@@ -76,7 +75,7 @@ def _packing(attention_mask: torch.Tensor, groups: list) -> _Packing:
         packed.append(_Group(rows, width, gather, is_real.reshape(-1).nonzero().squeeze(1), is_real[:, None, None, :]))
         start += int(group_lengths.sum())
     order = torch.cat(list(groups))
-    return _Packing(packed, lengths[order], order, total)
+    return _Packing(packed, lengths[order], order)
 
 
 def _embeddings(model: torch.nn.Module, input_ids: torch.Tensor, packing: _Packing) -> torch.Tensor:
@@ -88,8 +87,9 @@ def _embeddings(model: torch.nn.Module, input_ids: torch.Tensor, packing: _Packi
 def _self_attention(module: torch.nn.Module, hidden: torch.Tensor, packing: _Packing, attend) -> torch.Tensor:
     """A BERT self-attention module on packed tokens: projections packed, ``attend`` per group."""
     heads, size = module.num_attention_heads, module.attention_head_size
-    with_zero_row = [torch.cat([projection(hidden), hidden.new_zeros(1, heads * size)])
-                     for projection in (module.query, module.key, module.value)]
+    projected = [projection(hidden) for projection in (module.query, module.key, module.value)]
+    # the zero row in the projections' dtype: under bf16 autocast an fp32 one would promote Q, K and V to fp32
+    with_zero_row = [torch.cat([states, states.new_zeros(1, heads * size)]) for states in projected]
     dropout = module.dropout.p if module.training else 0.0
     outputs = []
     for group in packing.groups:
