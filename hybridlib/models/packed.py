@@ -87,9 +87,8 @@ def _embeddings(model: torch.nn.Module, input_ids: torch.Tensor, packing: _Packi
 def _self_attention(module: torch.nn.Module, hidden: torch.Tensor, packing: _Packing, attend) -> torch.Tensor:
     """A BERT self-attention module on packed tokens: projections packed, ``attend`` per group."""
     heads, size = module.num_attention_heads, module.attention_head_size
-    projected = [projection(hidden) for projection in (module.query, module.key, module.value)]
-    # the zero row in the projections' dtype: under bf16 autocast an fp32 one would promote Q, K and V to fp32
-    with_zero_row = [torch.cat([states, states.new_zeros(1, heads * size)]) for states in projected]
+    with_zero_row = [torch.nn.functional.pad(projection(hidden), (0, 0, 0, 1))  # in the projection's dtype
+                     for projection in (module.query, module.key, module.value)]
     dropout = module.dropout.p if module.training else 0.0
     outputs = []
     for group in packing.groups:
