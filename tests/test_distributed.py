@@ -106,12 +106,12 @@ def _gather_results(rank: int) -> list:
 def _train(rank: int, loaded: DualEncoder, model_dir: str, out_dir: str) -> dict:
     """``train`` to the end under the process group; the steps and best score this rank saw."""
     from hybridlib.config import params_from_dict
-    from hybridlib.models import encoder as encoder_module
+    from hybridlib.models import tokenizer as tokenizer_module
     from hybridlib.train import train
 
     # the tokenizer came pickled with ``loaded`` (from this folder): parsing its 17 MB file again
     # in every rank would cost seconds
-    encoder_module._TOKENIZERS[encoder_module._tokenizer_key(model_dir)] = loaded.tokenizer
+    tokenizer_module._TOKENIZERS[tokenizer_module.tokenizer_key(model_dir)] = loaded.tokenizer
     params = params_from_dict(dict(
         model=model_dir, train_dataset="mlqa-r", train_languages=["en", "de"], train_max_ids=40,
         validation_ids=8, batch_size=4, max_length=16, learning_rate=1e-3, max_steps=4, eval_every=2,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import platform
 import shutil
 import struct
@@ -441,7 +442,7 @@ def test_dual_encoder_logs_the_precision_warning_once(tiny_model_dir, monkeypatc
     assert ours == [models.precision_warning("bf16", "cpu")]
 
 
-# -- the tokenizer, loaded once per process ---------------------------------------------------
+# -- the tokenizer, loaded once per process and cached as a pickle-----------------------------------------------
 
 def test_encoders_of_one_folder_share_one_tokenizer(tiny_model_dir):
     # two encoders built one after the other (the cache keeps the last two tokenizers, so an encoder
@@ -452,7 +453,7 @@ def test_encoders_of_one_folder_share_one_tokenizer(tiny_model_dir):
 
 
 def test_tokenizer_cache_key_follows_the_tokenizer_files_not_the_folder(tiny_model_dir, tmp_path):
-    key = models.encoder._tokenizer_key
+    key = models.tokenizer.tokenizer_key
     copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
     assert key(str(copy)) == key(str(tiny_model_dir))  # a study's saved runs share one tokenizer
     (copy / "model.safetensors").write_bytes(b"other weights")
@@ -461,6 +462,64 @@ def test_tokenizer_cache_key_follows_the_tokenizer_files_not_the_folder(tiny_mod
     (copy / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
     assert key(str(copy)) != key(str(tiny_model_dir))  # another tokenizer: loaded, not shared
     assert key("intfloat/multilingual-e5-small") == "intfloat/multilingual-e5-small"
+
+
+def _fresh_process_tokenizer(folder: str):
+    """``load_tokenizer`` as a new process would call it: nothing in memory."""
+    models.tokenizer._TOKENIZERS.clear()
+    return models.load_tokenizer(folder)
+
+
+def test_a_new_process_gets_the_tokenizer_from_its_pickle(tiny_model_dir, tmp_path, monkeypatch):
+    from hybridlib.data import load_lareqa
+
+    monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path / "cache"))
+    folder = str(tiny_model_dir)
+    path = models.tokenizer.pickle_path(models.tokenizer.tokenizer_key(folder))
+    assert not path.exists()
+    first = _fresh_process_tokenizer(folder)
+    assert path.is_file()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed tokenizer.json although the pickle was there")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AutoTokenizer, "from_pretrained", no_parsing)
+        cached = _fresh_process_tokenizer(folder)
+    assert cached is not first
+    texts = ["query: " + text for text in load_lareqa("mlqa-r").questions["text"]]
+    fresh = AutoTokenizer.from_pretrained(folder)
+    assert cached(texts, truncation=True, max_length=128)["input_ids"] == fresh(texts, truncation=True,
+                                                                               max_length=128)["input_ids"]
+    cached.save_pretrained(tmp_path / "from-pickle")
+    fresh.save_pretrained(tmp_path / "fresh")  # DualEncoder.save writes what a fresh load writes
+    files = sorted(f.name for f in (tmp_path / "fresh").iterdir())
+    assert sorted(f.name for f in (tmp_path / "from-pickle").iterdir()) == files
+    assert all((tmp_path / "from-pickle" / f).read_bytes() == (tmp_path / "fresh" / f).read_bytes() for f in files)
+
+
+def test_an_unreadable_tokenizer_pickle_is_loaded_again_and_replaced(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path / "cache"))
+    folder = str(tiny_model_dir)
+    path = models.tokenizer.pickle_path(models.tokenizer.tokenizer_key(folder))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a pickle")
+    with caplog.at_level(logging.WARNING, logger="hybridlib"):
+        tokenizer = _fresh_process_tokenizer(folder)
+    assert "unreadable" in caplog.text
+    assert tokenizer("query: hello")["input_ids"][0] == tokenizer.cls_token_id
+    assert pickle.loads(path.read_bytes())("query: hello")["input_ids"] == tokenizer("query: hello")["input_ids"]
+
+
+def test_the_tokenizer_pickle_is_named_by_the_library_versions(tiny_model_dir, tmp_path, monkeypatch):
+    import transformers
+
+    monkeypatch.setenv("HYBRIDLIB_CACHE", str(tmp_path / "cache"))
+    key = models.tokenizer.tokenizer_key(str(tiny_model_dir))
+    before = models.tokenizer.pickle_path(key)
+    monkeypatch.setattr(transformers, "__version__", "99.0.0")  # an upgrade loads afresh
+    assert models.tokenizer.pickle_path(key) != before
+    assert before.parent == tmp_path / "cache" / "tokenizers"
 
 
 def test_cpu_name_gives_family_and_model_numbers(tmp_path):

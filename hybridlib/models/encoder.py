@@ -1,10 +1,9 @@
 """``DualEncoder``: one transformer with shared weights that embeds queries and passages.
 
-``resolve_model`` turns the model names a user writes (``default``, a folder, a hub name) into
-what ``from_pretrained`` loads; ``load_tokenizer`` loads a tokenizer once per process (the
-multilingual ones take 4-9 s); ``DualEncoder`` offers ``encode`` for evaluation (numpy, no
-gradients, length-sorted batches), ``embed`` for training (differentiable) and ``save`` to a
-folder that plain transformers can load too, with the encoder's settings beside the weights.
+``DualEncoder`` loads a model named as ``folders.resolve_model`` resolves it, with its tokenizer
+from ``tokenizer.load_tokenizer``, and offers ``encode`` for evaluation (numpy, no gradients,
+length-sorted batches), ``embed`` for training (differentiable) and ``save`` to a folder that
+plain transformers can load too, with the encoder's settings beside the weights.
 
 >>> encoder = DualEncoder("default")
 >>> encoder.encode(["how tall is the eiffel tower"], kind="query").shape
@@ -15,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import json
 import logging
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Literal, Optional, Sequence, Union
 
@@ -28,99 +25,19 @@ from tqdm.auto import tqdm
 
 from ..errors import ModelError
 from ..io import atomic_dir, write_json
-from .default_model import PROVENANCE_FILE, build_default_model
+from .default_model import PROVENANCE_FILE
 from .device import limit_threads_to_cpus, precision_warning, resolve_device, resolve_precision
 from .dropout import use_fast_dropout
+from .folders import ENCODER_SETTINGS_FILE, resolve_model, unreachable
 from .packed import packed_pooled, supports_packing
+from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-ENCODER_SETTINGS_FILE = "hybridlib_encoder.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
 ENCODER_DEFAULTS = {"pooling": "mean", "query_prefix": "query: ", "passage_prefix": "passage: ", "max_length": 128}
 CPU_TOKENS_PER_THREAD = 1024  # encode's batch size on the CPU, in padded tokens per thread
-TOKENIZER_CACHE_SIZE = 2  # distinct tokenizers kept per process (an XLM-R one holds ~0.4 GB)
 
 Kind = Literal["query", "passage"]
-
-
-# -- names -> what from_pretrained loads --------------------------------------------------------
-
-def _looks_like_path(name: str) -> bool:
-    # hub names are "model" or "organisation/model"
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-
-
-def resolve_model(name: str) -> str:
-    """What ``from_pretrained`` should load for a model name.
-
-    ``default`` -> the built default encoder folder (built on first use); an existing folder ->
-    that folder (``ModelError`` naming it if it holds no weights); anything else is passed
-    through as a Hugging Face hub name (loads where a hub is reachable).
-    """
-    if name == "default":
-        return str(build_default_model())
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"{path}: is a file; a model is a folder saved with save_pretrained")
-        if not any((path / f).is_file() for f in WEIGHT_FILES):
-            raise ModelError(f"{path}: no model weights in this folder (expected one of {', '.join(WEIGHT_FILES)})")
-        return str(path)
-    if _looks_like_path(name):
-        raise ModelError(f"{path}: no such model folder")
-    return name
-
-
-def _unreachable(name_or_path: str, label: str, error: Exception) -> ModelError:
-    """The ModelError of a failed ``from_pretrained``: a broken folder, or a hub name out of reach."""
-    if Path(name_or_path).exists():
-        return ModelError(f"{name_or_path}: cannot load the model ({error})")
-    return ModelError(f"model {label!r}: no such local folder, and the Hugging Face hub cannot provide it "
-                      f"(unreachable or unknown name: {str(error).splitlines()[0]}); use model 'default' "
-                      f"or a local folder")
-
-
-# -- the tokenizer, loaded once per process ---------------------------------------------------
-
-_TOKENIZERS: OrderedDict = OrderedDict()
-
-
-def _tokenizer_key(name_or_path: str) -> str:
-    """A hub name itself; for a folder, a SHA-256 of every file but the weights and our own
-    settings, so that the saved runs of a study (same tokenizer, other folders) share one."""
-    folder = Path(name_or_path)
-    if not folder.is_dir():
-        return name_or_path
-    digest = hashlib.sha256()
-    skip = {*WEIGHT_FILES, ENCODER_SETTINGS_FILE, PROVENANCE_FILE}
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and file.name not in skip and not file.name.startswith("."):
-            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
-    return "sha256:" + digest.hexdigest()
-
-
-def load_tokenizer(name_or_path: str, label: Optional[str] = None):
-    """``AutoTokenizer.from_pretrained(name_or_path)``, cached per process by the folder's content.
-
-    A multilingual tokenizer takes 4-9 s to load (mostly parsing a 17 MB ``tokenizer.json``); a
-    study loads the same one for every run it trains and every model it evaluates. The object is
-    shared: do not change its attributes, and do not call it from two threads at once.
-    ``ModelError`` if it cannot be loaded (``label``: the name the user wrote, for the message).
-    """
-    key = _tokenizer_key(name_or_path)
-    if key not in _TOKENIZERS:
-        from transformers import AutoTokenizer
-
-        try:
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(name_or_path)
-        except (OSError, ValueError) as error:
-            raise _unreachable(name_or_path, label or name_or_path, error) from None
-        while len(_TOKENIZERS) > TOKENIZER_CACHE_SIZE:
-            _TOKENIZERS.popitem(last=False)
-    _TOKENIZERS.move_to_end(key)
-    return _TOKENIZERS[key]
 
 
 def _load_model(name_or_path: str, label: str) -> torch.nn.Module:
@@ -133,7 +50,7 @@ def _load_model(name_or_path: str, label: str) -> torch.nn.Module:
         except TypeError:
             model = AutoModel.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
-        raise _unreachable(name_or_path, label, error) from None
+        raise unreachable(name_or_path, label, error) from None
     return model.float()
 
 
