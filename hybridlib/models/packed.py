@@ -100,6 +100,13 @@ def _self_attention(module: torch.nn.Module, hidden: torch.Tensor, packing: _Pac
     return torch.cat(outputs)
 
 
+def _feed_forward(layer: torch.nn.Module, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """The rest of a BERT layer on packed tokens, after the attention's ``context``: its output
+    projection, dropout, residual and LayerNorm, then the feed-forward block's."""
+    attended = layer.attention.output(context, hidden)
+    return layer.output(layer.intermediate(attended), attended)
+
+
 def packed_pooled(model: torch.nn.Module, tokens: dict, groups: list, pooling: str) -> torch.Tensor:
     """Pooled float32 states (``mean`` over each text's tokens, or ``cls``: its first) of a tokenized
     batch, in the batch's row order, computed over real tokens only (see the module docstring).
@@ -111,8 +118,7 @@ def packed_pooled(model: torch.nn.Module, tokens: dict, groups: list, pooling: s
     packing = _packing(tokens["attention_mask"], groups)
     hidden, attend = _embeddings(model, tokens["input_ids"], packing), _attention_function(model)
     for layer in model.encoder.layer:
-        attended = layer.attention.output(_self_attention(layer.attention.self, hidden, packing, attend), hidden)
-        hidden = layer.output(layer.intermediate(attended), attended)
+        hidden = _feed_forward(layer, _self_attention(layer.attention.self, hidden, packing, attend), hidden)
     hidden = hidden.float()
     starts = torch.cumsum(packing.lengths, 0) - packing.lengths
     if pooling == "cls":
