@@ -103,9 +103,12 @@ def main() -> None:
           f"{flops / parts['products'] / peak:.0%} of the peak while they run), everything else {rest:.3f} s: "
           f"other operations {parts['other']:.3f} s in the profiler, the rest Python and dispatch")
     goal = flops / (0.5 * peak)
-    print(f"50% of the peak needs a step of {goal:.3f} s: everything else cut to {goal - parts['products']:.3f} s "
-          f"({1 - (goal - parts['products']) / rest:.0%} less); were it free, the step would reach "
-          f"{flops / parts['products'] / peak:.0%}")
+    if parts["wall"] <= goal:
+        print(f"at or above 50% of the peak (a step of {goal:.3f} s or less)")
+    else:
+        print(f"50% of the peak needs a step of {goal:.3f} s: everything else cut to {goal - parts['products']:.3f} "
+              f"s ({1 - (goal - parts['products']) / rest:.0%} less); were it free, the step would reach "
+              f"{flops / parts['products'] / peak:.0%}")
 
     rows = []
     original = packed._feed_forward
