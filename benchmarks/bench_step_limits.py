@@ -101,7 +101,7 @@ def main() -> None:
     rest = parts["wall"] - parts["products"]
     print(f"matrix products {parts['products']:.3f} s ({parts['products'] / parts['wall']:.0%} of the step, "
           f"{flops / parts['products'] / peak:.0%} of the peak while they run), everything else {rest:.3f} s: "
-          f"other operations {parts['other']:.3f} s in the profiler, the rest Python and dispatch")
+          f"the other operations' self time {parts['other']:.3f} s in the profiler, which adds its own to each")
     goal = flops / (0.5 * peak)
     if parts["wall"] <= goal:
         print(f"at or above 50% of the peak (a step of {goal:.3f} s or less)")
