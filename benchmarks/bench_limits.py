@@ -30,7 +30,7 @@ import time
 import pandas as pd
 import torch
 from bench_encode import xquad_texts
-from bench_train import OurStep, batch_tokens, benchmark_batches
+from bench_train import OurStep, alternate, batch_tokens, benchmark_batches
 from machine import describe_machine, linear_flops_per_token, real_tokens
 
 from hybridlib.models import DualEncoder, cpu_has_fast_bf16, packed, resolve_model
@@ -73,28 +73,19 @@ def print_split(title: str, parts: dict, flops: float, peak: float, goal_fractio
               f"less); were it free, {flops / parts['products'] / peak:.0%}")
 
 
-def compiled_feed_forward() -> None:
-    """Swap ``packed._feed_forward`` for its ``torch.compile`` (inductor, dynamic token count)."""
+def compiled_feed_forward():
+    """``torch.compile`` of ``packed._feed_forward`` (inductor, dynamic token count)."""
     import torch._inductor.config as inductor
 
     inductor.fallback_random = True  # FastDropout's masks from torch's generator, as in eager
-    packed._feed_forward = torch.compile(packed._feed_forward, dynamic=True)
+    return torch.compile(packed._feed_forward, dynamic=True)
 
 
-def alternate(ours: OurStep, lever: OurStep, batches: list, before=None, after=None) -> pd.Series:
-    """Median seconds of each step, alternating on the same batches (``before`` / ``after``: called
-    around the lever's step)."""
-    times = {"ours": [], "lever": []}
-    for texts in batches:
-        for name, step in (("ours", ours), ("lever", lever)):
-            if name == "lever" and before:
-                before()
-            start = time.perf_counter()
-            step(texts)
-            times[name].append(time.perf_counter() - start)
-            if name == "lever" and after:
-                after()
-    return pd.Series({name: statistics.median(values) for name, values in times.items()})
+def medians(ours: OurStep, lever, warm: list, timed: list) -> pd.Series:
+    """Median seconds of our step and the lever's, alternating on the same batches
+    (``bench_train.alternate``, whose first batch is a warm-up)."""
+    times = alternate({"ours": ours, "lever": lever}, warm[-1:] + timed)
+    return times.groupby("impl")["seconds"].median()
 
 
 def part_step(path: str, precision: str, batch_size: int, steps: int, peak: float) -> None:
@@ -114,34 +105,29 @@ def part_step(path: str, precision: str, batch_size: int, steps: int, peak: floa
 
 
 def print_levers(path: str, precision: str, ours: OurStep, warm: list, timed: list) -> None:
-    rows = []
-    original = packed._feed_forward
-    compiled_feed_forward()
-    compiled, packed._feed_forward = packed._feed_forward, original
+    original, compiled = packed._feed_forward, compiled_feed_forward()
+    compiled_step = OurStep(path, precision)
 
-    def use_compiled():
+    def with_compiled(texts):
         packed._feed_forward = compiled
+        try:
+            return compiled_step(texts)
+        finally:
+            packed._feed_forward = original
 
-    def use_original():
-        packed._feed_forward = original
-
-    lever = OurStep(path, precision)
-    use_compiled()
     start = time.perf_counter()
-    lever(warm[0])  # compiles
+    with_compiled(warm[0])  # compiles
     compile_seconds = time.perf_counter() - start
-    lever(warm[1])
-    use_original()
-    medians = alternate(ours, lever, timed, before=use_compiled, after=use_original)
-    rows.append({"lever": "compiled feed-forward", "ours s": medians["ours"], "lever s": medians["lever"],
-                 "speed-up": medians["ours"] / medians["lever"], "first step s": compile_seconds})
+    levers = {"compiled feed-forward": with_compiled}
     if precision == "bf16":
-        lever = OurStep(path, "fp32")
-        lever.encoder.model.to(torch.bfloat16)
-        lever(warm[0])
-        medians = alternate(ours, lever, timed)
-        rows.append({"lever": "bf16 weights (upper bound)", "ours s": medians["ours"], "lever s": medians["lever"],
-                     "speed-up": medians["ours"] / medians["lever"], "first step s": float("nan")})
+        levers["bf16 weights (upper bound)"] = OurStep(path, "fp32")
+        levers["bf16 weights (upper bound)"].encoder.model.to(torch.bfloat16)
+    rows = []
+    for name, lever in levers.items():
+        seconds = medians(ours, lever, warm, timed)
+        rows.append({"lever": name, "ours s": seconds["ours"], "lever s": seconds["lever"],
+                     "speed-up": seconds["ours"] / seconds["lever"],
+                     "first step s": compile_seconds if lever is with_compiled else float("nan")})
     print(f"\n## Levers, alternating with our {precision} step (medians over {len(timed)} steps)")
     print(pd.DataFrame(rows).set_index("lever").round(3).to_string(formatters={"speed-up": "{:.2f}x".format}))
 
